@@ -1,0 +1,246 @@
+// GRU recurrence on the CPU, forward and backward (see csrc/ops.cpp for the op contract).
+//
+// Forward, per step:  gh[B, 3H] = h @ w_hh^T                 (one GEMM; b_hh added in the pass)
+//                     one pass over the rows: r, z, n, h (in place), y_t, workspace
+// Backward, per step: one pass over the rows: grad_gx[t], dgh[t] and the direct dh * z
+//                     dh += dgh[t] @ w_hh                      (one GEMM)
+// grad_w_hh and grad_b_hh come from dgh of all steps after the loop.
+#include <torch/library.h>
+
+#include "cpu/cpu_common.h"
+
+namespace fused_rnn::cpu {
+namespace {
+
+// Rows are [B, 3H] for gx_t/gh/dgx_t/dgh_t, [B, 4H] for the workspace (r, z, n, gh_n), [B, H]
+// for h, y_t and dh.
+template <typename T>
+struct ForwardStep {
+  int64_t H, t, T_steps;
+  const T* gx_t;    // [B, 3H]
+  const T* gh;      // [B, 3H] h_prev @ w_hh^T, without bias
+  const T* b_hh;    // [3H] or nullptr
+  T* h;             // [B, H] updated in place
+  T* y_t;           // [B, H]
+  T* gates_t;       // [B, 4H] or nullptr
+  const int64_t* lengths;
+};
+
+template <bool kSave, bool kBias, typename T>
+__attribute__((always_inline)) inline void gru_forward_rows_impl(const ForwardStep<T>& s,
+                                                                 int64_t b0, int64_t b1) {
+  const int64_t H = s.H;
+  const T* __restrict__ bias = s.b_hh;
+  for (int64_t b = b0; b < b1; ++b) {
+    T* __restrict__ h = s.h + b * H;
+    T* __restrict__ y = s.y_t + b * H;
+    if (!step_is_valid(s.t, length_of(s.lengths, b, s.T_steps))) {
+      std::fill_n(y, H, T(0));
+      if constexpr (kSave) std::fill_n(s.gates_t + b * 4 * H, 4 * H, T(0));
+      continue;
+    }
+    const T* __restrict__ x = s.gx_t + b * 3 * H;
+    const T* __restrict__ p = s.gh + b * 3 * H;
+    T* __restrict__ w = kSave ? s.gates_t + b * 4 * H : nullptr;
+    for (int64_t j = 0; j < H; ++j) {
+      const T gh_r = kBias ? p[j] + bias[j] : p[j];
+      const T gh_z = kBias ? p[H + j] + bias[H + j] : p[H + j];
+      const T gh_n = kBias ? p[2 * H + j] + bias[2 * H + j] : p[2 * H + j];
+      const GRUGates<T> gate = gru_activate(x[j], x[H + j], x[2 * H + j], gh_r, gh_z, gh_n);
+      const T h_new = gru_hidden(gate, h[j]);
+      h[j] = h_new;
+      y[j] = h_new;
+      if constexpr (kSave) {
+        w[j] = gate.r;
+        w[H + j] = gate.z;
+        w[2 * H + j] = gate.n;
+        w[3 * H + j] = gh_n;
+      }
+    }
+  }
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void gru_forward_rows_impl(const ForwardStep<T>& s,
+                                                                 int64_t b0, int64_t b1) {
+  const bool save = s.gates_t != nullptr, bias = s.b_hh != nullptr;
+  if (save && bias) gru_forward_rows_impl<true, true>(s, b0, b1);
+  if (save && !bias) gru_forward_rows_impl<true, false>(s, b0, b1);
+  if (!save && bias) gru_forward_rows_impl<false, true>(s, b0, b1);
+  if (!save && !bias) gru_forward_rows_impl<false, false>(s, b0, b1);
+}
+
+template <typename T>
+struct BackwardStep {
+  int64_t H, t, T_steps, B;
+  bool reverse;
+  const T* gates;   // [T, B, 4H]
+  const T* y;       // [T, B, H] (h_prev of a step is y of its neighbour)
+  const T* h0;      // [B, H]
+  const T* dy_t;    // [B, H] or nullptr
+  T* dh;            // [B, H] in: gradient reaching h_t from step t+1; out: its direct part dh*z
+  T* dgx_t;         // [B, 3H]
+  T* dgh_t;         // [B, 3H] gradient of the recurrent product (+ b_hh)
+  const int64_t* lengths;
+};
+
+template <typename T>
+__attribute__((always_inline)) inline void gru_backward_rows_impl(const BackwardStep<T>& s,
+                                                                  int64_t b0, int64_t b1) {
+  const int64_t H = s.H, B = s.B, t = s.t;
+  for (int64_t b = b0; b < b1; ++b) {
+    T* __restrict__ dx = s.dgx_t + b * 3 * H;
+    T* __restrict__ dg = s.dgh_t + b * 3 * H;
+    const int64_t length = length_of(s.lengths, b, s.T_steps);
+    if (!step_is_valid(t, length)) {
+      std::fill_n(dx, 3 * H, T(0));
+      std::fill_n(dg, 3 * H, T(0));
+      continue;
+    }
+    const T* __restrict__ w = s.gates + (t * B + b) * 4 * H;
+    const T* __restrict__ h_prev = step_is_first(t, length, s.reverse)
+                                       ? s.h0 + b * H
+                                       : s.y + (prev_time(t, s.reverse) * B + b) * H;
+    const T* __restrict__ dy = s.dy_t ? s.dy_t + b * H : nullptr;
+    T* __restrict__ dh = s.dh + b * H;
+    for (int64_t j = 0; j < H; ++j) {
+      const GRUGates<T> gate{w[j], w[H + j], w[2 * H + j]};
+      const T dh_total = dy ? dh[j] + dy[j] : dh[j];
+      GRUGates<T> d;
+      dh[j] = gru_cell_backward(gate, w[3 * H + j], h_prev[j], dh_total, d);
+      dx[j] = d.r;
+      dx[H + j] = d.z;
+      dx[2 * H + j] = d.n;
+      dg[j] = d.r;
+      dg[H + j] = d.z;
+      dg[2 * H + j] = d.n * gate.r;
+    }
+  }
+}
+
+FUSED_RNN_CPU_CLONES void gru_forward_rows(const ForwardStep<float>& s, int64_t b0, int64_t b1) {
+  gru_forward_rows_impl(s, b0, b1);
+}
+void gru_forward_rows(const ForwardStep<double>& s, int64_t b0, int64_t b1) {
+  gru_forward_rows_impl(s, b0, b1);
+}
+FUSED_RNN_CPU_CLONES void gru_backward_rows(const BackwardStep<float>& s, int64_t b0, int64_t b1) {
+  gru_backward_rows_impl(s, b0, b1);
+}
+void gru_backward_rows(const BackwardStep<double>& s, int64_t b0, int64_t b1) {
+  gru_backward_rows_impl(s, b0, b1);
+}
+
+template <typename T>
+std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& gx, const Tensor& w_hh,
+                                                    const optional<Tensor>& b_hh, const Tensor& h0,
+                                                    const optional<Tensor>& lengths, bool reverse,
+                                                    bool save, const RecurrenceSizes& n) {
+  const int64_t T_steps = n.T, B = n.B, H = n.H;
+  const auto opts = gx.options();
+  Tensor y = empty_output({T_steps, B, H}, opts);
+  Tensor h = h0.clone();
+  Tensor gh = at::empty({B, 3 * H}, opts);
+  Tensor gates = save ? empty_output({T_steps, B, 4 * H}, opts) : empty_placeholder(opts);
+  const Tensor w_hh_t = w_hh.t();
+  const int64_t* len = data_or_null<int64_t>(lengths);
+
+  for (int64_t s = 0; s < T_steps; ++s) {
+    const int64_t t = time_at(s, T_steps, reverse);
+    gemm(gh, h, w_hh_t, false);
+    ForwardStep<T> step{H,
+                        t,
+                        T_steps,
+                        gx.data_ptr<T>() + t * B * 3 * H,
+                        gh.data_ptr<T>(),
+                        data_or_null<T>(b_hh),
+                        h.data_ptr<T>(),
+                        y.data_ptr<T>() + t * B * H,
+                        save ? gates.data_ptr<T>() + t * B * 4 * H : nullptr,
+                        len};
+    parallel_rows(B, 3 * H, [&](int64_t b0, int64_t b1) { gru_forward_rows(step, b0, b1); });
+  }
+  return {y, h, gates};
+}
+
+template <typename T>
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
+    const optional<Tensor>& grad_y, const optional<Tensor>& grad_h_n, const Tensor& w_hh,
+    const Tensor& h0, const Tensor& y, const Tensor& gates, const optional<Tensor>& lengths,
+    bool reverse, const RecurrenceSizes& n) {
+  const int64_t T_steps = n.T, B = n.B, H = n.H;
+  const auto opts = y.options();
+  Tensor grad_gx = empty_output({T_steps, B, 3 * H}, opts);
+  Tensor dgh = empty_output({T_steps, B, 3 * H}, opts);
+  Tensor dh = has(grad_h_n) ? grad_h_n->clone() : at::zeros({B, H}, opts);
+  const T* dy = data_or_null<T>(grad_y);
+  const int64_t* len = data_or_null<int64_t>(lengths);
+
+  for (int64_t s = T_steps - 1; s >= 0; --s) {
+    const int64_t t = time_at(s, T_steps, reverse);
+    BackwardStep<T> step{H,
+                         t,
+                         T_steps,
+                         B,
+                         reverse,
+                         gates.data_ptr<T>(),
+                         y.data_ptr<T>(),
+                         h0.data_ptr<T>(),
+                         dy ? dy + t * B * H : nullptr,
+                         dh.data_ptr<T>(),
+                         grad_gx.data_ptr<T>() + t * B * 3 * H,
+                         dgh.data_ptr<T>() + t * B * 3 * H,
+                         len};
+    parallel_rows(B, 3 * H, [&](int64_t b0, int64_t b1) { gru_backward_rows(step, b0, b1); });
+    Tensor dgh_t = dgh[t];
+    gemm(dh, dgh_t, w_hh, true);
+  }
+  Tensor grad_w_hh = recurrent_weight_grad(dgh, y, h0, lengths, reverse);
+  Tensor grad_b_hh = dgh.reshape({-1, 3 * H}).sum(0);
+  return {grad_gx, grad_w_hh, grad_b_hh, dh};
+}
+
+std::tuple<Tensor, Tensor, Tensor> gru_forward_cpu(const Tensor& gx, const Tensor& w_hh,
+                                                   const optional<Tensor>& b_hh, const Tensor& h0,
+                                                   const optional<Tensor>& lengths, bool reverse,
+                                                   bool save_for_backward) {
+  const RecurrenceSizes n = check_forward_inputs("fused_rnn::gru_forward", 3, gx, w_hh,
+                                                 c10::nullopt, h0, c10::nullopt, b_hh, lengths);
+  const auto storage = gx.scalar_type();
+  const auto lengths_c = has(lengths) ? optional<Tensor>(lengths->contiguous()) : c10::nullopt;
+  auto out = AT_DISPATCH_FLOATING_TYPES(compute_dtype(storage), "gru_forward_cpu", [&] {
+    return gru_forward_impl<scalar_t>(to_compute(gx), to_compute(w_hh), to_compute(b_hh),
+                                      to_compute(h0), lengths_c, reverse, save_for_backward, n);
+  });
+  auto back = [&](const Tensor& t) { return t.to(storage); };
+  return {back(std::get<0>(out)), back(std::get<1>(out)), back(std::get<2>(out))};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_cpu(
+    const optional<Tensor>& grad_y, const optional<Tensor>& grad_h_n, const Tensor& w_hh,
+    const Tensor& h0, const Tensor& y, const Tensor& gates, const optional<Tensor>& lengths,
+    bool reverse) {
+  const char* op = "fused_rnn::gru_backward";
+  const RecurrenceSizes n = check_backward_inputs(op, 3, w_hh, c10::nullopt, h0, c10::nullopt,
+                                                  y, lengths, grad_y, grad_h_n, c10::nullopt);
+  check_workspace(op, "gates", gates, y, {n.T, n.B, 4 * n.H});
+  const auto storage = y.scalar_type();
+  const auto lengths_c = has(lengths) ? optional<Tensor>(lengths->contiguous()) : c10::nullopt;
+  auto out = AT_DISPATCH_FLOATING_TYPES(compute_dtype(storage), "gru_backward_cpu", [&] {
+    return gru_backward_impl<scalar_t>(to_compute(grad_y), to_compute(grad_h_n),
+                                       to_compute(w_hh), to_compute(h0), to_compute(y),
+                                       to_compute(gates), lengths_c, reverse, n);
+  });
+  auto back = [&](const Tensor& t) { return t.to(storage); };
+  return {back(std::get<0>(out)), back(std::get<1>(out)), back(std::get<2>(out)),
+          back(std::get<3>(out))};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
+  m.impl("gru_forward", &gru_forward_cpu);
+  m.impl("gru_backward", &gru_backward_cpu);
+}
+
+}  // namespace fused_rnn::cpu

@@ -1,0 +1,207 @@
+"""Loads ``fused_rnn._C`` and registers, once per op, its fake kernel and its autograd.
+
+The schemas live in ``csrc/ops.cpp``. Every forward op has a backward op; autograd of the
+forward calls the backward op, which has no autograd of its own (no double backward).
+The Triton ops (``fused_rnn::*_triton``) have the same schemas and get the same fake kernels
+and autograd through :func:`register_op_family` with their suffix.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+_REBUILD = "pip install --no-build-isolation -e ."
+
+
+def _load_extension():
+    try:
+        from . import _C
+    except ImportError as error:
+        raise ImportError(
+            f"fused_rnn._C could not be loaded ({error}). It is built from csrc/ when the package "
+            f"is installed; in a source checkout rebuild it with `{_REBUILD}` (with the torch "
+            f"you run, {torch.__version__})."
+        ) from error
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    csrc = os.path.join(os.path.dirname(package_dir), "csrc")
+    in_checkout = os.path.isfile(os.path.join(csrc, "ops.cpp"))
+    if in_checkout and os.environ.get("FUSED_RNN_SKIP_SOURCE_CHECK") != "1":
+        from ._source_hash import source_hash
+
+        if source_hash(csrc) != _C.source_hash:
+            raise ImportError(
+                f"fused_rnn._C is stale: it was built from other sources than {csrc}. Rebuild it "
+                f"with `{_REBUILD}` (or set FUSED_RNN_SKIP_SOURCE_CHECK=1 to load it anyway)."
+            )
+    return _C
+
+
+_C = _load_extension()
+
+#: Whether this build of ``_C`` has the CUDA kernels.
+WITH_CUDA: bool = bool(_C.with_cuda)
+
+
+def _empty_workspace(gx: torch.Tensor, save: bool, *shape: int) -> torch.Tensor:
+    return gx.new_empty(shape) if save else gx.new_empty(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake kernels: output shapes and dtypes, no data (torch.compile, meta tensors, opcheck).
+# ---------------------------------------------------------------------------------------------
+
+
+def lstm_forward_fake(gx, w_hh, w_hr, h0, c0, lengths, reverse, save_for_backward):
+    T, B, H = gx.shape[0], gx.shape[1], gx.shape[2] // 4
+    P = w_hh.shape[1]
+    return (
+        gx.new_empty(T, B, P),
+        gx.new_empty(B, P),
+        gx.new_empty(B, H),
+        _empty_workspace(gx, save_for_backward, T, B, 4 * H),
+        _empty_workspace(gx, save_for_backward, T, B, H),
+    )
+
+
+def lstm_backward_fake(
+    grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse
+):
+    T, B = y.shape[0], y.shape[1]
+    G4H, P = w_hh.shape
+    return (
+        y.new_empty(T, B, G4H),
+        torch.empty_like(w_hh),
+        torch.empty_like(w_hr) if w_hr is not None else y.new_empty(0),
+        torch.empty_like(h0),
+        torch.empty_like(c0),
+    )
+
+
+def gru_forward_fake(gx, w_hh, b_hh, h0, lengths, reverse, save_for_backward):
+    T, B, H = gx.shape[0], gx.shape[1], gx.shape[2] // 3
+    return (
+        gx.new_empty(T, B, H),
+        gx.new_empty(B, H),
+        _empty_workspace(gx, save_for_backward, T, B, 4 * H),
+    )
+
+
+def gru_backward_fake(grad_y, grad_h_n, w_hh, h0, y, gates, lengths, reverse):
+    T, B = y.shape[0], y.shape[1]
+    return (
+        y.new_empty(T, B, w_hh.shape[0]),
+        torch.empty_like(w_hh),
+        y.new_empty(w_hh.shape[0]),
+        torch.empty_like(h0),
+    )
+
+
+def rnn_forward_fake(gx, w_hh, h0, lengths, reverse):
+    T, B, H = gx.shape
+    return gx.new_empty(T, B, H), gx.new_empty(B, H)
+
+
+def rnn_backward_fake(grad_y, grad_h_n, w_hh, h0, y, lengths, reverse):
+    return torch.empty_like(y), torch.empty_like(w_hh), torch.empty_like(h0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd: the forward op saves its inputs, y and the workspace; the backward op consumes them.
+# Gradients that do not reach an output arrive as None and are passed to the op as None (zero).
+# ---------------------------------------------------------------------------------------------
+
+_NO_WORKSPACE = (
+    "fused_rnn: backward through a recurrence whose forward ran with save_for_backward=False "
+    "(call the layer with grad mode on and an input or parameter that requires grad)"
+)
+
+
+def _lstm_autograd(backward_op):
+    def setup_context(ctx, inputs, output):
+        gx, w_hh, w_hr, h0, c0, lengths, reverse, save = inputs
+        y, h_n, c_n, gates, cs = output
+        ctx.save_for_backward(w_hh, w_hr, h0, c0, y, gates, cs, lengths)
+        ctx.reverse, ctx.saved_workspace = reverse, save
+        ctx.mark_non_differentiable(gates, cs)
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, _grad_cs):
+        if not ctx.saved_workspace:
+            raise RuntimeError(_NO_WORKSPACE)
+        w_hh, w_hr, h0, c0, y, gates, cs, lengths = ctx.saved_tensors
+        grad_gx, grad_w_hh, grad_w_hr, grad_h0, grad_c0 = backward_op(
+            grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, ctx.reverse
+        )
+        grad_w_hr = grad_w_hr if w_hr is not None else None
+        return grad_gx, grad_w_hh, grad_w_hr, grad_h0, grad_c0, None, None, None
+
+    return setup_context, backward
+
+
+def _gru_autograd(backward_op):
+    def setup_context(ctx, inputs, output):
+        gx, w_hh, b_hh, h0, lengths, reverse, save = inputs
+        y, h_n, gates = output
+        ctx.save_for_backward(w_hh, h0, y, gates, lengths)
+        ctx.reverse, ctx.saved_workspace, ctx.has_bias = reverse, save, b_hh is not None
+        ctx.mark_non_differentiable(gates)
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, grad_y, grad_h_n, _grad_gates):
+        if not ctx.saved_workspace:
+            raise RuntimeError(_NO_WORKSPACE)
+        w_hh, h0, y, gates, lengths = ctx.saved_tensors
+        grad_gx, grad_w_hh, grad_b_hh, grad_h0 = backward_op(
+            grad_y, grad_h_n, w_hh, h0, y, gates, lengths, ctx.reverse
+        )
+        grad_b_hh = grad_b_hh if ctx.has_bias else None
+        return grad_gx, grad_w_hh, grad_b_hh, grad_h0, None, None, None
+
+    return setup_context, backward
+
+
+def _rnn_autograd(backward_op):
+    def setup_context(ctx, inputs, output):
+        gx, w_hh, h0, lengths, reverse = inputs
+        y, h_n = output
+        ctx.save_for_backward(w_hh, h0, y, lengths)
+        ctx.reverse = reverse
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, grad_y, grad_h_n):
+        w_hh, h0, y, lengths = ctx.saved_tensors
+        grad_gx, grad_w_hh, grad_h0 = backward_op(grad_y, grad_h_n, w_hh, h0, y, lengths, ctx.reverse)
+        return grad_gx, grad_w_hh, grad_h0, None, None
+
+    return setup_context, backward
+
+
+#: cell -> (fake forward, fake backward, autograd factory)
+_FAMILY = {
+    "lstm": (lstm_forward_fake, lstm_backward_fake, _lstm_autograd),
+    "gru": (gru_forward_fake, gru_backward_fake, _gru_autograd),
+    "rnn_tanh": (rnn_forward_fake, rnn_backward_fake, _rnn_autograd),
+    "rnn_relu": (rnn_forward_fake, rnn_backward_fake, _rnn_autograd),
+}
+
+CELLS = tuple(_FAMILY)
+
+
+def register_op_family(suffix: str = "", *, fakes: bool = True) -> None:
+    """Registers fake kernels and autograd for ``fused_rnn::{cell}_forward{suffix}`` and
+    ``fused_rnn::{cell}_backward{suffix}`` of every cell. ``fakes=False`` for ops that bring
+    their own (``torch.library.triton_op`` derives them from the op's Python body)."""
+    for cell, (forward_fake, backward_fake, autograd) in _FAMILY.items():
+        forward_name = f"fused_rnn::{cell}_forward{suffix}"
+        backward_name = f"fused_rnn::{cell}_backward{suffix}"
+        if fakes:
+            torch.library.register_fake(forward_name)(forward_fake)
+            torch.library.register_fake(backward_name)(backward_fake)
+        backward_op = getattr(torch.ops.fused_rnn, f"{cell}_backward{suffix}").default
+        setup_context, backward = autograd(backward_op)
+        torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
+
+
+register_op_family()
