@@ -70,7 +70,17 @@ def extensions():
 
     sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     opt = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]
-    cxx = opt + ["-Wall", "-Wextra", "-Wno-unused-parameter", "-DPy_LIMITED_API=0x030A0000"]
+    # -fno-trapping-math lets the row loops of the CPU kernels turn their clamps into blends and
+    # vectorise (torch builds with the same two flags); -ffp-contract=fast lets them use FMA.
+    cxx = opt + [
+        "-fno-trapping-math",
+        "-fno-math-errno",
+        "-ffp-contract=fast",
+        "-Wall",
+        "-Wextra",
+        "-Wno-unused-parameter",
+        "-DPy_LIMITED_API=0x030A0000",
+    ]
     extra = {"cxx": cxx}
     ext = CppExtension
     if with_cuda:

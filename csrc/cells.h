@@ -46,7 +46,7 @@ inline __attribute__((always_inline)) float host_expf(float x) {
   p = p * r * r + r + 1.0f;
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
+  scale = __builtin_bit_cast(float, bits);
   return p * scale;
 }
 #endif

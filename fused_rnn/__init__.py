@@ -1,1 +1,27 @@
-from . import _ops  # noqa: F401  (loads fused_rnn._C and registers the ops)
+"""fused_rnn: fused LSTM, GRU and Elman RNN layers for PyTorch (CUDA, Triton and CPU kernels).
+
+    import fused_rnn
+    lstm = fused_rnn.LSTM(input_size=256, hidden_size=512, num_layers=2, batch_first=True)
+
+The layers and cells are drop-in replacements for their torch.nn namesakes (same arguments,
+parameters, state_dict, inputs and outputs). :mod:`fused_rnn.functional` has the same layers
+as functions of explicit weights; :mod:`fused_rnn.backends` picks the kernels.
+"""
+
+from . import _ops  # noqa: F401  (loads fused_rnn._C: registers the ops, fake kernels, autograd)
+from . import backends, functional, reference
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LSTM",
+    "GRU",
+    "RNN",
+    "LSTMCell",
+    "GRUCell",
+    "RNNCell",
+    "backends",
+    "functional",
+    "reference",
+]

@@ -12,6 +12,7 @@
 #include <ATen/ops/mm_cpu_dispatch.h>
 
 #include "cells.h"
+#include "cpu/small_batch_gemm.h"
 #include "op_common.h"
 
 // Row loops of float kernels are compiled twice, for AVX2+FMA machines and for any x86-64,
@@ -63,6 +64,81 @@ inline void parallel_rows(int64_t rows, int64_t elements_per_row, const F& fn) {
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, elements_per_row));
   at::parallel_for(0, rows, grain, fn);
 }
+
+// The forward pass splits the hidden units into contiguous slices, one per thread. A thread
+// computes the recurrent product of its slice's gate rows (all G gates of its units, so the
+// cell maths needs nothing from other threads) and then the cell maths of those units: one
+// fork/join per step, and each thread's slice of w_hh stays in its own core's cache for all
+// T steps instead of streaming the whole matrix through every step's GEMM.
+class UnitPartition {
+ public:
+  // work_per_step: multiply-adds of one step's recurrent product; below a few tens of
+  // thousands the threading costs more than it saves.
+  UnitPartition(int64_t H, int64_t G, int64_t work_per_step) : H_(H), G_(G) {
+    constexpr int64_t kMinWork = 1 << 15;
+    constexpr int64_t kMinUnits = 8;  // one 8-wide vector of units per thread at least
+    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+    const int64_t count =
+        work_per_step < kMinWork ? 1 : std::max<int64_t>(1, std::min(threads, H / kMinUnits));
+    for (int64_t k = 0; k <= count; ++k) begin_.push_back(H * k / count);
+  }
+
+  int64_t size() const { return static_cast<int64_t>(begin_.size()) - 1; }
+  int64_t gates() const { return G_; }
+  int64_t begin(int64_t k) const { return begin_[k]; }
+  int64_t units(int64_t k) const { return begin_[k + 1] - begin_[k]; }
+
+  // w [G*H, P] (gate blocks of H rows) -> the same rows, each slice's G*units rows contiguous:
+  // slice k is rows [G*begin(k), G*begin(k+1)), gate g of its units at offset g*units(k).
+  Tensor pack_rows(const Tensor& w) const {
+    std::vector<Tensor> rows;
+    for (int64_t k = 0; k < size(); ++k) {
+      for (int64_t g = 0; g < G_; ++g) rows.push_back(w.narrow(0, g * H_ + begin(k), units(k)));
+    }
+    return at::cat(rows).contiguous();
+  }
+
+  // Runs fn(k) for every slice, slice k on thread k.
+  template <typename F>
+  void for_each(const F& fn) const {
+    at::parallel_for(0, size(), 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) fn(k);
+    });
+  }
+
+ private:
+  int64_t H_, G_;
+  std::vector<int64_t> begin_;
+};
+
+// Per-slice GEMM operands of the forward pass: slice k computes
+//   pre[k] [B, G*units(k)] = h_prev [B, P] @ w_t[k] [P, G*units(k)]
+// with w_t[k] a contiguous transposed copy of the slice's gate rows (made once per call).
+struct SliceGemms {
+  std::vector<Tensor> w_t, pre;
+
+  SliceGemms(const UnitPartition& part, const Tensor& w_hh, int64_t B) {
+    const Tensor packed = part.pack_rows(w_hh);
+    const int64_t G = part.gates();
+    Tensor pre_buffer = at::empty({B * w_hh.size(0)}, w_hh.options());
+    for (int64_t k = 0; k < part.size(); ++k) {
+      const int64_t rows = G * part.units(k);
+      w_t.push_back(packed.narrow(0, G * part.begin(k), rows).t().contiguous());
+      pre.push_back(pre_buffer.narrow(0, B * G * part.begin(k), B * rows).view({B, rows}));
+    }
+  }
+
+  void run(int64_t k, const Tensor& h_prev) {
+    Tensor& out = pre[k];
+    const int64_t B = h_prev.size(0), P = h_prev.size(1), N = out.size(1);
+    if (h_prev.scalar_type() == at::kFloat && B > 0 && B <= kSmallBatchGemmMaxRows) {
+      small_batch_gemm(B, N, P, h_prev.data_ptr<float>(), P, w_t[k].data_ptr<float>(), N,
+                       out.data_ptr<float>(), N);
+    } else {
+      gemm(out, h_prev, w_t[k], false);
+    }
+  }
+};
 
 // Time step processed at position s of the forward pass.
 inline int64_t time_at(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }

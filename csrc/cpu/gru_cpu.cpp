@@ -1,7 +1,8 @@
 // GRU recurrence on the CPU, forward and backward (see csrc/ops.cpp for the op contract).
 //
-// Forward, per step:  gh[B, 3H] = h @ w_hh^T                 (one GEMM; b_hh added in the pass)
-//                     one pass over the rows: r, z, n, h (in place), y_t, workspace
+// Forward, per step, on each thread's slice of hidden units (cpu_common.h, UnitPartition):
+//                     gh[B, 3n] = h_prev @ w_hh[the slice's gate rows]^T   (one GEMM)
+//                     one pass over the slice: r, z, n (b_hh added here), h_next, y_t, workspace
 // Backward, per step: one pass over the rows: grad_gx[t], dgh[t] and the direct dh * z
 //                     dh += dgh[t] @ w_hh                      (one GEMM)
 // grad_w_hh and grad_b_hh come from dgh of all steps after the loop.
@@ -12,62 +13,71 @@
 namespace fused_rnn::cpu {
 namespace {
 
-// Rows are [B, 3H] for gx_t/gh/dgx_t/dgh_t, [B, 4H] for the workspace (r, z, n, gh_n), [B, H]
-// for h, y_t and dh.
+// The units [j0, j0 + n) of one forward step, all batch rows. Row-major arrays with the batch
+// row first: gx_t [B, 3H] (gate k of unit j at k*H + j), gh [B, 3n] (at k*n + j - j0),
+// gates_t [B, 4H] (r, z, n, gh_n), h_prev/h_next/y_t [B, H].
 template <typename T>
-struct ForwardStep {
-  int64_t H, t, T_steps;
-  const T* gx_t;    // [B, 3H]
-  const T* gh;      // [B, 3H] h_prev @ w_hh^T, without bias
-  const T* b_hh;    // [3H] or nullptr
-  T* h;             // [B, H] updated in place
-  T* y_t;           // [B, H]
-  T* gates_t;       // [B, 4H] or nullptr
+struct ForwardSlice {
+  int64_t B, H, j0, n, t, T_steps;
+  const T* gx_t;
+  const T* gh;       // this slice's recurrent product h_prev @ w_hh[rows of the slice]^T
+  const T* b_hh;     // [3H] or nullptr
+  const T* h_prev;
+  T* h_next;
+  T* y_t;
+  T* gates_t;        // or nullptr
   const int64_t* lengths;
 };
 
+// One batch row of a slice, on plain restrict pointers so that the loop vectorises.
 template <bool kSave, bool kBias, typename T>
-__attribute__((always_inline)) inline void gru_forward_rows_impl(const ForwardStep<T>& s,
-                                                                 int64_t b0, int64_t b1) {
-  const int64_t H = s.H;
-  const T* __restrict__ bias = s.b_hh;
-  for (int64_t b = b0; b < b1; ++b) {
-    T* __restrict__ h = s.h + b * H;
-    T* __restrict__ y = s.y_t + b * H;
-    if (!step_is_valid(s.t, length_of(s.lengths, b, s.T_steps))) {
-      std::fill_n(y, H, T(0));
-      if constexpr (kSave) std::fill_n(s.gates_t + b * 4 * H, 4 * H, T(0));
-      continue;
-    }
-    const T* __restrict__ x = s.gx_t + b * 3 * H;
-    const T* __restrict__ p = s.gh + b * 3 * H;
-    T* __restrict__ w = kSave ? s.gates_t + b * 4 * H : nullptr;
-    for (int64_t j = 0; j < H; ++j) {
-      const T gh_r = kBias ? p[j] + bias[j] : p[j];
-      const T gh_z = kBias ? p[H + j] + bias[H + j] : p[H + j];
-      const T gh_n = kBias ? p[2 * H + j] + bias[2 * H + j] : p[2 * H + j];
-      const GRUGates<T> gate = gru_activate(x[j], x[H + j], x[2 * H + j], gh_r, gh_z, gh_n);
-      const T h_new = gru_hidden(gate, h[j]);
-      h[j] = h_new;
-      y[j] = h_new;
-      if constexpr (kSave) {
-        w[j] = gate.r;
-        w[H + j] = gate.z;
-        w[2 * H + j] = gate.n;
-        w[3 * H + j] = gh_n;
-      }
+__attribute__((always_inline)) inline void gru_forward_row(
+    int64_t n, int64_t H, const T* __restrict__ x, const T* __restrict__ p,
+    const T* __restrict__ bias, const T* __restrict__ h_prev, T* __restrict__ h,
+    T* __restrict__ y, T* __restrict__ w) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T gh_r = kBias ? p[j] + bias[j] : p[j];
+    const T gh_z = kBias ? p[n + j] + bias[H + j] : p[n + j];
+    const T gh_n = kBias ? p[2 * n + j] + bias[2 * H + j] : p[2 * n + j];
+    const GRUGates<T> gate = gru_activate(x[j], x[H + j], x[2 * H + j], gh_r, gh_z, gh_n);
+    const T h_new = gru_hidden(gate, h_prev[j]);
+    h[j] = h_new;
+    y[j] = h_new;
+    if constexpr (kSave) {
+      w[j] = gate.r;
+      w[H + j] = gate.z;
+      w[2 * H + j] = gate.n;
+      w[3 * H + j] = gh_n;
     }
   }
 }
 
+template <bool kSave, bool kBias, typename T>
+__attribute__((always_inline)) inline void gru_forward_slice_impl(const ForwardSlice<T>& s) {
+  const int64_t H = s.H, j0 = s.j0, n = s.n;
+  for (int64_t b = 0; b < s.B; ++b) {
+    const int64_t row = b * H + j0;
+    if (!step_is_valid(s.t, length_of(s.lengths, b, s.T_steps))) {
+      std::copy_n(s.h_prev + row, n, s.h_next + row);
+      std::fill_n(s.y_t + row, n, T(0));
+      if constexpr (kSave) {
+        for (int64_t k = 0; k < 4; ++k) std::fill_n(s.gates_t + b * 4 * H + k * H + j0, n, T(0));
+      }
+      continue;
+    }
+    gru_forward_row<kSave, kBias>(n, H, s.gx_t + b * 3 * H + j0, s.gh + b * 3 * n,
+                                  kBias ? s.b_hh + j0 : nullptr, s.h_prev + row, s.h_next + row,
+                                  s.y_t + row, kSave ? s.gates_t + b * 4 * H + j0 : nullptr);
+  }
+}
+
 template <typename T>
-__attribute__((always_inline)) inline void gru_forward_rows_impl(const ForwardStep<T>& s,
-                                                                 int64_t b0, int64_t b1) {
+__attribute__((always_inline)) inline void gru_forward_slice_impl(const ForwardSlice<T>& s) {
   const bool save = s.gates_t != nullptr, bias = s.b_hh != nullptr;
-  if (save && bias) gru_forward_rows_impl<true, true>(s, b0, b1);
-  if (save && !bias) gru_forward_rows_impl<true, false>(s, b0, b1);
-  if (!save && bias) gru_forward_rows_impl<false, true>(s, b0, b1);
-  if (!save && !bias) gru_forward_rows_impl<false, false>(s, b0, b1);
+  if (save && bias) gru_forward_slice_impl<true, true>(s);
+  if (save && !bias) gru_forward_slice_impl<true, false>(s);
+  if (!save && bias) gru_forward_slice_impl<false, true>(s);
+  if (!save && !bias) gru_forward_slice_impl<false, false>(s);
 }
 
 template <typename T>
@@ -84,46 +94,53 @@ struct BackwardStep {
   const int64_t* lengths;
 };
 
+template <bool kHasDy, typename T>
+__attribute__((always_inline)) inline void gru_backward_row(
+    int64_t H, const T* __restrict__ w, const T* __restrict__ h_prev, const T* __restrict__ dy,
+    T* __restrict__ dh, T* __restrict__ dx, T* __restrict__ dg) {
+  for (int64_t j = 0; j < H; ++j) {
+    const GRUGates<T> gate{w[j], w[H + j], w[2 * H + j]};
+    const T dh_total = kHasDy ? dh[j] + dy[j] : dh[j];
+    GRUGates<T> d;
+    dh[j] = gru_cell_backward(gate, w[3 * H + j], h_prev[j], dh_total, d);
+    dx[j] = d.r;
+    dx[H + j] = d.z;
+    dx[2 * H + j] = d.n;
+    dg[j] = d.r;
+    dg[H + j] = d.z;
+    dg[2 * H + j] = d.n * gate.r;
+  }
+}
+
 template <typename T>
 __attribute__((always_inline)) inline void gru_backward_rows_impl(const BackwardStep<T>& s,
                                                                   int64_t b0, int64_t b1) {
   const int64_t H = s.H, B = s.B, t = s.t;
   for (int64_t b = b0; b < b1; ++b) {
-    T* __restrict__ dx = s.dgx_t + b * 3 * H;
-    T* __restrict__ dg = s.dgh_t + b * 3 * H;
+    T* dx = s.dgx_t + b * 3 * H;
+    T* dg = s.dgh_t + b * 3 * H;
     const int64_t length = length_of(s.lengths, b, s.T_steps);
     if (!step_is_valid(t, length)) {
       std::fill_n(dx, 3 * H, T(0));
       std::fill_n(dg, 3 * H, T(0));
       continue;
     }
-    const T* __restrict__ w = s.gates + (t * B + b) * 4 * H;
-    const T* __restrict__ h_prev = step_is_first(t, length, s.reverse)
-                                       ? s.h0 + b * H
-                                       : s.y + (prev_time(t, s.reverse) * B + b) * H;
-    const T* __restrict__ dy = s.dy_t ? s.dy_t + b * H : nullptr;
-    T* __restrict__ dh = s.dh + b * H;
-    for (int64_t j = 0; j < H; ++j) {
-      const GRUGates<T> gate{w[j], w[H + j], w[2 * H + j]};
-      const T dh_total = dy ? dh[j] + dy[j] : dh[j];
-      GRUGates<T> d;
-      dh[j] = gru_cell_backward(gate, w[3 * H + j], h_prev[j], dh_total, d);
-      dx[j] = d.r;
-      dx[H + j] = d.z;
-      dx[2 * H + j] = d.n;
-      dg[j] = d.r;
-      dg[H + j] = d.z;
-      dg[2 * H + j] = d.n * gate.r;
+    const T* w = s.gates + (t * B + b) * 4 * H;
+    const T* h_prev = step_is_first(t, length, s.reverse)
+                          ? s.h0 + b * H
+                          : s.y + (prev_time(t, s.reverse) * B + b) * H;
+    if (s.dy_t) {
+      gru_backward_row<true>(H, w, h_prev, s.dy_t + b * H, s.dh + b * H, dx, dg);
+    } else {
+      gru_backward_row<false, T>(H, w, h_prev, nullptr, s.dh + b * H, dx, dg);
     }
   }
 }
 
-FUSED_RNN_CPU_CLONES void gru_forward_rows(const ForwardStep<float>& s, int64_t b0, int64_t b1) {
-  gru_forward_rows_impl(s, b0, b1);
+FUSED_RNN_CPU_CLONES void gru_forward_slice(const ForwardSlice<float>& s) {
+  gru_forward_slice_impl(s);
 }
-void gru_forward_rows(const ForwardStep<double>& s, int64_t b0, int64_t b1) {
-  gru_forward_rows_impl(s, b0, b1);
-}
+void gru_forward_slice(const ForwardSlice<double>& s) { gru_forward_slice_impl(s); }
 FUSED_RNN_CPU_CLONES void gru_backward_rows(const BackwardStep<float>& s, int64_t b0, int64_t b1) {
   gru_backward_rows_impl(s, b0, b1);
 }
@@ -139,28 +156,36 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& gx, const Tens
   const int64_t T_steps = n.T, B = n.B, H = n.H;
   const auto opts = gx.options();
   Tensor y = empty_output({T_steps, B, H}, opts);
-  Tensor h = h0.clone();
-  Tensor gh = at::empty({B, 3 * H}, opts);
+  Tensor h_prev = h0.clone();  // [B, H]; h_prev/h_next swap every step
+  Tensor h_next = at::empty({B, H}, opts);
   Tensor gates = save ? empty_output({T_steps, B, 4 * H}, opts) : empty_placeholder(opts);
-  const Tensor w_hh_t = w_hh.t();
   const int64_t* len = data_or_null<int64_t>(lengths);
+  const UnitPartition part(H, 3, B * 3 * H * H);
+  SliceGemms slices(part, w_hh, B);
 
   for (int64_t s = 0; s < T_steps; ++s) {
     const int64_t t = time_at(s, T_steps, reverse);
-    gemm(gh, h, w_hh_t, false);
-    ForwardStep<T> step{H,
-                        t,
-                        T_steps,
-                        gx.data_ptr<T>() + t * B * 3 * H,
-                        gh.data_ptr<T>(),
-                        data_or_null<T>(b_hh),
-                        h.data_ptr<T>(),
-                        y.data_ptr<T>() + t * B * H,
-                        save ? gates.data_ptr<T>() + t * B * 4 * H : nullptr,
-                        len};
-    parallel_rows(B, 3 * H, [&](int64_t b0, int64_t b1) { gru_forward_rows(step, b0, b1); });
+    part.for_each([&](int64_t k) {
+      slices.run(k, h_prev);
+      const ForwardSlice<T> slice{B,
+                                  H,
+                                  part.begin(k),
+                                  part.units(k),
+                                  t,
+                                  T_steps,
+                                  gx.data_ptr<T>() + t * B * 3 * H,
+                                  slices.pre[k].data_ptr<T>(),
+                                  data_or_null<T>(b_hh),
+                                  h_prev.data_ptr<T>(),
+                                  h_next.data_ptr<T>(),
+                                  y.data_ptr<T>() + t * B * H,
+                                  save ? gates.data_ptr<T>() + t * B * 4 * H : nullptr,
+                                  len};
+      gru_forward_slice(slice);
+    });
+    std::swap(h_prev, h_next);
   }
-  return {y, h, gates};
+  return {y, h_prev, gates};
 }
 
 template <typename T>

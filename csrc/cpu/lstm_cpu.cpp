@@ -1,8 +1,9 @@
 // LSTM recurrence on the CPU, forward and backward (see csrc/ops.cpp for the op contract).
 //
-// Forward, per step:  gates_pre[B, 4H] = h @ w_hh^T           (one GEMM)
-//                     one pass over the rows: activations, c, h (in place), y_t, workspace
-//                     with a projection: h = h_raw @ w_hr^T   (a second GEMM) and a commit pass
+// Forward, per step, on each thread's slice of hidden units (cpu_common.h, UnitPartition):
+//                     pre[B, 4n] = h_prev @ w_hh[the slice's gate rows]^T   (one GEMM)
+//                     one pass over the slice: activations, c (in place), h_next, y_t, workspace
+//                     with a projection: h = h_raw @ w_hr^T (a second GEMM) and a commit pass
 // Backward, per step: one pass over the rows: gate gradients into grad_gx[t], dc (in place)
 //                     dh += grad_gx[t] @ w_hh                  (one GEMM)
 // grad_w_hh (and grad_w_hr) are GEMMs over all steps after the loop.
@@ -14,68 +15,76 @@ namespace fused_rnn::cpu {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// Row passes. Arrays are row-major with the batch row first: gx_t/pre/gates_t [B, 4H],
-// c/h_raw/cs_t [B, H], h/y_t [B, P] (P = H without projection).
+// Pointwise passes.
 // ---------------------------------------------------------------------------------------------
 
+// The units [j0, j0 + n) of one forward step, all batch rows. Row-major arrays with the batch
+// row first: gx_t/gates_t [B, 4H] (gate k of unit j at k*H + j), pre [B, 4n] (at k*n + j - j0),
+// c/h_raw/cs_t and h/y_t [B, H] (with a projection h_next is h_raw; h and y are then [B, P] and
+// written by the commit pass).
 template <typename T>
-struct ForwardStep {
-  int64_t H, t, T_steps;
-  const T* gx_t;        // [B, 4H]
-  const T* pre;         // [B, 4H] recurrent product h_prev @ w_hh^T
-  T* c;                 // [B, H]  cell state, updated in place
-  T* h_out;             // [B, H]  h (no projection, updated in place) or h_raw
-  T* y_t;               // [B, H]  output, or nullptr with a projection (written later)
-  T* gates_t;           // [B, 4H] saved activations, or nullptr
-  T* cs_t;              // [B, H]  saved cell state, or nullptr
+struct ForwardSlice {
+  int64_t B, H, j0, n, t, T_steps;
+  const T* gx_t;
+  const T* pre;       // this slice's recurrent product h_prev @ w_hh[rows of the slice]^T
+  const T* h_prev;    // [B, H] state before the step (kept by finished sequences), or nullptr
+  T* h_next;          // [B, H] state after the step, or h_raw with a projection
+  T* c;               // [B, H] cell state, updated in place
+  T* y_t;             // [B, H] output, or nullptr with a projection (written after the GEMM)
+  T* gates_t;         // saved activations, or nullptr
+  T* cs_t;            // saved cell state, or nullptr
   const int64_t* lengths;
 };
 
+// One batch row of a slice. Plain restrict pointers (not struct members) let the compiler
+// vectorise the loop over units.
 template <bool kSave, typename T>
-__attribute__((always_inline)) inline void lstm_forward_rows_impl(const ForwardStep<T>& s,
-                                                                  int64_t b0, int64_t b1) {
-  const int64_t H = s.H;
-  for (int64_t b = b0; b < b1; ++b) {
-    T* __restrict__ c = s.c + b * H;
-    T* __restrict__ h = s.h_out + b * H;
-    if (!step_is_valid(s.t, length_of(s.lengths, b, s.T_steps))) {
-      // Finished sequence: the state stays, the output is zero, the workspace is unused.
-      if (s.y_t) std::fill_n(s.y_t + b * H, H, T(0));
-      if constexpr (kSave) {
-        std::fill_n(s.gates_t + b * 4 * H, 4 * H, T(0));
-        std::copy_n(c, H, s.cs_t + b * H);
-      }
-      continue;
+__attribute__((always_inline)) inline void lstm_forward_row(
+    int64_t n, int64_t H, const T* __restrict__ x, const T* __restrict__ p, T* __restrict__ c,
+    T* __restrict__ h, T* __restrict__ y, T* __restrict__ g, T* __restrict__ cs) {
+  for (int64_t j = 0; j < n; ++j) {
+    const LSTMGates<T> gate = lstm_activate(x[j] + p[j], x[H + j] + p[n + j],
+                                            x[2 * H + j] + p[2 * n + j],
+                                            x[3 * H + j] + p[3 * n + j]);
+    const T c_new = lstm_cell_state(gate, c[j]);
+    const T h_new = lstm_hidden(gate, c_new);
+    c[j] = c_new;
+    h[j] = h_new;
+    if (y) y[j] = h_new;
+    if constexpr (kSave) {
+      g[j] = gate.i;
+      g[H + j] = gate.f;
+      g[2 * H + j] = gate.g;
+      g[3 * H + j] = gate.o;
+      cs[j] = c_new;
     }
-    const T* __restrict__ x = s.gx_t + b * 4 * H;
-    const T* __restrict__ p = s.pre + b * 4 * H;
-    T* __restrict__ g = kSave ? s.gates_t + b * 4 * H : nullptr;
-    for (int64_t j = 0; j < H; ++j) {
-      const LSTMGates<T> gate = lstm_activate(x[j] + p[j], x[H + j] + p[H + j],
-                                              x[2 * H + j] + p[2 * H + j],
-                                              x[3 * H + j] + p[3 * H + j]);
-      const T c_new = lstm_cell_state(gate, c[j]);
-      c[j] = c_new;
-      h[j] = lstm_hidden(gate, c_new);
-      if constexpr (kSave) {
-        g[j] = gate.i;
-        g[H + j] = gate.f;
-        g[2 * H + j] = gate.g;
-        g[3 * H + j] = gate.o;
-      }
-    }
-    if (s.y_t) std::copy_n(h, H, s.y_t + b * H);
-    if constexpr (kSave) std::copy_n(c, H, s.cs_t + b * H);
   }
 }
 
 template <typename T>
-__attribute__((always_inline)) inline void lstm_forward_rows_impl(const ForwardStep<T>& s,
-                                                                  int64_t b0, int64_t b1) {
-  if (s.gates_t) {
-    lstm_forward_rows_impl<true>(s, b0, b1);
-  } else {
-    lstm_forward_rows_impl<false>(s, b0, b1);
+__attribute__((always_inline)) inline void lstm_forward_slice_impl(const ForwardSlice<T>& s) {
+  const int64_t H = s.H, j0 = s.j0, n = s.n;
+  for (int64_t b = 0; b < s.B; ++b) {
+    const int64_t row = b * H + j0;  // unit j0 of batch row b in [B, H] arrays
+    if (!step_is_valid(s.t, length_of(s.lengths, b, s.T_steps))) {
+      // Finished sequence: the state stays, the output is zero, the workspace is unused.
+      if (s.h_prev) std::copy_n(s.h_prev + row, n, s.h_next + row);
+      if (s.y_t) std::fill_n(s.y_t + row, n, T(0));
+      if (s.gates_t) {
+        for (int64_t k = 0; k < 4; ++k) std::fill_n(s.gates_t + b * 4 * H + k * H + j0, n, T(0));
+        std::copy_n(s.c + row, n, s.cs_t + row);
+      }
+      continue;
+    }
+    const T* x = s.gx_t + b * 4 * H + j0;
+    const T* p = s.pre + b * 4 * n;
+    T* y = s.y_t ? s.y_t + row : nullptr;
+    if (s.gates_t) {
+      lstm_forward_row<true>(n, H, x, p, s.c + row, s.h_next + row, y,
+                             s.gates_t + b * 4 * H + j0, s.cs_t + row);
+    } else {
+      lstm_forward_row<false, T>(n, H, x, p, s.c + row, s.h_next + row, y, nullptr, nullptr);
+    }
   }
 }
 
@@ -95,46 +104,55 @@ struct BackwardStep {
   int64_t B;
 };
 
+template <bool kHasDy, typename T>
+__attribute__((always_inline)) inline void lstm_backward_row(
+    int64_t H, const T* __restrict__ g, const T* __restrict__ c, const T* __restrict__ c_prev,
+    const T* __restrict__ dh_in, const T* __restrict__ dy, T* __restrict__ dc,
+    T* __restrict__ da) {
+  for (int64_t j = 0; j < H; ++j) {
+    const LSTMGates<T> gate{g[j], g[H + j], g[2 * H + j], g[3 * H + j]};
+    const T dh = kHasDy ? dh_in[j] + dy[j] : dh_in[j];
+    LSTMGates<T> d;
+    dc[j] = lstm_cell_backward(gate, c[j], c_prev[j], dh, dc[j], d);
+    da[j] = d.i;
+    da[H + j] = d.f;
+    da[2 * H + j] = d.g;
+    da[3 * H + j] = d.o;
+  }
+}
+
 template <typename T>
 __attribute__((always_inline)) inline void lstm_backward_rows_impl(const BackwardStep<T>& s,
                                                                    int64_t b0, int64_t b1) {
   const int64_t H = s.H, B = s.B, t = s.t;
   for (int64_t b = b0; b < b1; ++b) {
-    T* __restrict__ da = s.dgx_t + b * 4 * H;
+    T* da = s.dgx_t + b * 4 * H;
     const int64_t length = length_of(s.lengths, b, s.T_steps);
     if (!step_is_valid(t, length)) {
       std::fill_n(da, 4 * H, T(0));  // padded step: no gradient, state gradients pass through
       continue;
     }
-    const T* __restrict__ g = s.gates + (t * B + b) * 4 * H;
-    const T* __restrict__ c = s.cs + (t * B + b) * H;
-    const T* __restrict__ c_prev = step_is_first(t, length, s.reverse)
-                                       ? s.c0 + b * H
-                                       : s.cs + (prev_time(t, s.reverse) * B + b) * H;
-    const T* __restrict__ dh_in = s.dh_in + b * H;
-    const T* __restrict__ dy = s.dy_t ? s.dy_t + b * H : nullptr;
-    T* __restrict__ dc = s.dc + b * H;
-    for (int64_t j = 0; j < H; ++j) {
-      const LSTMGates<T> gate{g[j], g[H + j], g[2 * H + j], g[3 * H + j]};
-      const T dh = dy ? dh_in[j] + dy[j] : dh_in[j];
-      LSTMGates<T> d;
-      dc[j] = lstm_cell_backward(gate, c[j], c_prev[j], dh, dc[j], d);
-      da[j] = d.i;
-      da[H + j] = d.f;
-      da[2 * H + j] = d.g;
-      da[3 * H + j] = d.o;
+    const T* g = s.gates + (t * B + b) * 4 * H;
+    const T* c = s.cs + (t * B + b) * H;
+    const T* c_prev = step_is_first(t, length, s.reverse)
+                          ? s.c0 + b * H
+                          : s.cs + (prev_time(t, s.reverse) * B + b) * H;
+    const T* dh_in = s.dh_in + b * H;
+    T* dc = s.dc + b * H;
+    if (s.dy_t) {
+      lstm_backward_row<true>(H, g, c, c_prev, dh_in, s.dy_t + b * H, dc, da);
+    } else {
+      lstm_backward_row<false, T>(H, g, c, c_prev, dh_in, nullptr, dc, da);
     }
     if (s.dh_state) std::fill_n(s.dh_state + b * H, H, T(0));
   }
 }
 
 // Float row passes are compiled per ISA (FUSED_RNN_CPU_CLONES); double needs no clones.
-FUSED_RNN_CPU_CLONES void lstm_forward_rows(const ForwardStep<float>& s, int64_t b0, int64_t b1) {
-  lstm_forward_rows_impl(s, b0, b1);
+FUSED_RNN_CPU_CLONES void lstm_forward_slice(const ForwardSlice<float>& s) {
+  lstm_forward_slice_impl(s);
 }
-void lstm_forward_rows(const ForwardStep<double>& s, int64_t b0, int64_t b1) {
-  lstm_forward_rows_impl(s, b0, b1);
-}
+void lstm_forward_slice(const ForwardSlice<double>& s) { lstm_forward_slice_impl(s); }
 FUSED_RNN_CPU_CLONES void lstm_backward_rows(const BackwardStep<float>& s, int64_t b0, int64_t b1) {
   lstm_backward_rows_impl(s, b0, b1);
 }
@@ -142,16 +160,17 @@ void lstm_backward_rows(const BackwardStep<double>& s, int64_t b0, int64_t b1) {
   lstm_backward_rows_impl(s, b0, b1);
 }
 
-// With a projection, the new h comes from a GEMM into `h_proj`; copy it into the state and y
-// on real steps (a finished sequence keeps h and emits zeros).
+// With a projection, the new h comes from a GEMM into `h_proj`; it becomes the state and y on
+// real steps (a finished sequence keeps h_prev and emits zeros).
 template <typename T>
 void commit_projected(int64_t B, int64_t P, int64_t t, int64_t T_steps, const int64_t* lengths,
-                      const T* h_proj, T* h, T* y_t) {
+                      const T* h_proj, const T* h_prev, T* h_next, T* y_t) {
   for (int64_t b = 0; b < B; ++b) {
     if (step_is_valid(t, length_of(lengths, b, T_steps))) {
-      std::copy_n(h_proj + b * P, P, h + b * P);
+      std::copy_n(h_proj + b * P, P, h_next + b * P);
       std::copy_n(h_proj + b * P, P, y_t + b * P);
     } else {
+      std::copy_n(h_prev + b * P, P, h_next + b * P);
       std::fill_n(y_t + b * P, P, T(0));
     }
   }
@@ -171,39 +190,48 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
   const bool proj = has(w_hr);
 
   Tensor y = empty_output({T_steps, B, P}, opts);
-  Tensor h = h0.clone();                         // [B, P] state, updated in place
-  Tensor c = c0.clone();                         // [B, H]
-  Tensor pre = at::empty({B, 4 * H}, opts);      // recurrent product of one step
-  Tensor h_raw = proj ? at::zeros({B, H}, opts) : h;  // zeros: finite in rows never written
+  Tensor h_prev = h0.clone();  // [B, P]; h_prev/h_next swap every step
+  Tensor h_next = at::empty({B, P}, opts);
+  Tensor c = c0.clone();       // [B, H], updated in place
+  Tensor h_raw = proj ? at::zeros({B, H}, opts) : Tensor();  // o * tanh(c) before w_hr
   Tensor h_proj = proj ? at::empty({B, P}, opts) : Tensor();
   Tensor gates = save ? empty_output({T_steps, B, 4 * H}, opts) : empty_placeholder(opts);
   Tensor cs = save ? empty_output({T_steps, B, H}, opts) : empty_placeholder(opts);
-  const Tensor w_hh_t = w_hh.t();
   const Tensor w_hr_t = proj ? w_hr->t() : Tensor();
   const int64_t* len = data_or_null<int64_t>(lengths);
+  const UnitPartition part(H, 4, B * 4 * H * P);
+  SliceGemms slices(part, w_hh, B);
 
   for (int64_t s = 0; s < T_steps; ++s) {
     const int64_t t = time_at(s, T_steps, reverse);
-    gemm(pre, h, w_hh_t, false);
-    ForwardStep<T> step{H,
-                        t,
-                        T_steps,
-                        gx.data_ptr<T>() + t * B * 4 * H,
-                        pre.data_ptr<T>(),
-                        c.data_ptr<T>(),
-                        h_raw.data_ptr<T>(),
-                        proj ? nullptr : y.data_ptr<T>() + t * B * P,
-                        save ? gates.data_ptr<T>() + t * B * 4 * H : nullptr,
-                        save ? cs.data_ptr<T>() + t * B * H : nullptr,
-                        len};
-    parallel_rows(B, 4 * H, [&](int64_t b0, int64_t b1) { lstm_forward_rows(step, b0, b1); });
+    part.for_each([&](int64_t k) {
+      slices.run(k, h_prev);
+      const ForwardSlice<T> slice{B,
+                                  H,
+                                  part.begin(k),
+                                  part.units(k),
+                                  t,
+                                  T_steps,
+                                  gx.data_ptr<T>() + t * B * 4 * H,
+                                  slices.pre[k].data_ptr<T>(),
+                                  // with a projection the commit below handles finished rows
+                                  proj ? nullptr : h_prev.data_ptr<T>(),
+                                  proj ? h_raw.data_ptr<T>() : h_next.data_ptr<T>(),
+                                  c.data_ptr<T>(),
+                                  proj ? nullptr : y.data_ptr<T>() + t * B * P,
+                                  save ? gates.data_ptr<T>() + t * B * 4 * H : nullptr,
+                                  save ? cs.data_ptr<T>() + t * B * H : nullptr,
+                                  len};
+      lstm_forward_slice(slice);
+    });
     if (proj) {
       gemm(h_proj, h_raw, w_hr_t, false);
-      commit_projected(B, P, t, T_steps, len, h_proj.data_ptr<T>(), h.data_ptr<T>(),
-                       y.data_ptr<T>() + t * B * P);
+      commit_projected(B, P, t, T_steps, len, h_proj.data_ptr<T>(), h_prev.data_ptr<T>(),
+                       h_next.data_ptr<T>(), y.data_ptr<T>() + t * B * P);
     }
+    std::swap(h_prev, h_next);
   }
-  return {y, h, c, gates, cs};
+  return {y, h_prev, c, gates, cs};
 }
 
 template <typename T>

@@ -1,6 +1,8 @@
 // Elman RNN recurrence (tanh and relu) on the CPU, forward and backward (see csrc/ops.cpp).
 //
-// Forward, per step:  pre[B, H] = h @ w_hh^T (one GEMM), one pass: h = act(gx_t + pre), y_t
+// Forward, per step, on each thread's slice of hidden units (cpu_common.h, UnitPartition):
+//                     pre[B, n] = h_prev @ w_hh[the slice's rows]^T (one GEMM),
+//                     one pass: h_next = act(gx_t + pre), y_t
 // Backward, per step: one pass: grad_gx[t] = act'(y_t) * (dh + dy_t), dh = 0 on real steps
 //                     dh += grad_gx[t] @ w_hh (one GEMM)
 #include <torch/library.h>
@@ -10,34 +12,42 @@
 namespace fused_rnn::cpu {
 namespace {
 
+// The units [j0, j0 + n) of one forward step, all batch rows: gx_t/h_prev/h_next/y_t [B, H],
+// pre [B, n].
 template <typename T>
-struct ForwardStep {
-  int64_t H, t, T_steps;
-  const T* gx_t;   // [B, H]
-  const T* pre;    // [B, H]
-  T* h;            // [B, H] updated in place
-  T* y_t;          // [B, H]
+struct ForwardSlice {
+  int64_t B, H, j0, n, t, T_steps;
+  const T* gx_t;
+  const T* pre;     // this slice's recurrent product h_prev @ w_hh[rows of the slice]^T
+  const T* h_prev;
+  T* h_next;
+  T* y_t;
   const int64_t* lengths;
 };
 
+// One batch row of a slice, on plain restrict pointers so that the loop vectorises.
 template <Nonlinearity kAct, typename T>
-__attribute__((always_inline)) inline void rnn_forward_rows_impl(const ForwardStep<T>& s,
-                                                                 int64_t b0, int64_t b1) {
-  const int64_t H = s.H;
-  for (int64_t b = b0; b < b1; ++b) {
-    T* __restrict__ y = s.y_t + b * H;
+__attribute__((always_inline)) inline void rnn_forward_row(int64_t n, const T* __restrict__ x,
+                                                           const T* __restrict__ p,
+                                                           T* __restrict__ h, T* __restrict__ y) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T h_new = rnn_activate<kAct>(x[j] + p[j]);
+    h[j] = h_new;
+    y[j] = h_new;
+  }
+}
+
+template <Nonlinearity kAct, typename T>
+__attribute__((always_inline)) inline void rnn_forward_slice_impl(const ForwardSlice<T>& s) {
+  const int64_t H = s.H, j0 = s.j0, n = s.n;
+  for (int64_t b = 0; b < s.B; ++b) {
+    const int64_t row = b * H + j0;
     if (!step_is_valid(s.t, length_of(s.lengths, b, s.T_steps))) {
-      std::fill_n(y, H, T(0));
+      std::copy_n(s.h_prev + row, n, s.h_next + row);
+      std::fill_n(s.y_t + row, n, T(0));
       continue;
     }
-    const T* __restrict__ x = s.gx_t + b * H;
-    const T* __restrict__ p = s.pre + b * H;
-    T* __restrict__ h = s.h + b * H;
-    for (int64_t j = 0; j < H; ++j) {
-      const T h_new = rnn_activate<kAct>(x[j] + p[j]);
-      h[j] = h_new;
-      y[j] = h_new;
-    }
+    rnn_forward_row<kAct>(n, s.gx_t + row, s.pre + b * n, s.h_next + row, s.y_t + row);
   }
 }
 
@@ -51,34 +61,43 @@ struct BackwardStep {
   const int64_t* lengths;
 };
 
+template <Nonlinearity kAct, bool kHasDy, typename T>
+__attribute__((always_inline)) inline void rnn_backward_row(int64_t H, const T* __restrict__ h,
+                                                            const T* __restrict__ dy,
+                                                            T* __restrict__ dh,
+                                                            T* __restrict__ da) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T dh_total = kHasDy ? dh[j] + dy[j] : dh[j];
+    da[j] = rnn_cell_backward<kAct>(h[j], dh_total);
+    dh[j] = T(0);
+  }
+}
+
 template <Nonlinearity kAct, typename T>
 __attribute__((always_inline)) inline void rnn_backward_rows_impl(const BackwardStep<T>& s,
                                                                   int64_t b0, int64_t b1) {
   const int64_t H = s.H;
   for (int64_t b = b0; b < b1; ++b) {
-    T* __restrict__ da = s.dgx_t + b * H;
+    T* da = s.dgx_t + b * H;
     if (!step_is_valid(s.t, length_of(s.lengths, b, s.T_steps))) {
       std::fill_n(da, H, T(0));
       continue;
     }
-    const T* __restrict__ h = s.y_t + b * H;
-    const T* __restrict__ dy = s.dy_t ? s.dy_t + b * H : nullptr;
-    T* __restrict__ dh = s.dh + b * H;
-    for (int64_t j = 0; j < H; ++j) {
-      const T dh_total = dy ? dh[j] + dy[j] : dh[j];
-      da[j] = rnn_cell_backward<kAct>(h[j], dh_total);
-      dh[j] = T(0);
+    if (s.dy_t) {
+      rnn_backward_row<kAct, true>(H, s.y_t + b * H, s.dy_t + b * H, s.dh + b * H, da);
+    } else {
+      rnn_backward_row<kAct, false, T>(H, s.y_t + b * H, nullptr, s.dh + b * H, da);
     }
   }
 }
 
 template <Nonlinearity kAct>
-FUSED_RNN_CPU_CLONES void rnn_forward_rows(const ForwardStep<float>& s, int64_t b0, int64_t b1) {
-  rnn_forward_rows_impl<kAct>(s, b0, b1);
+FUSED_RNN_CPU_CLONES void rnn_forward_slice(const ForwardSlice<float>& s) {
+  rnn_forward_slice_impl<kAct>(s);
 }
 template <Nonlinearity kAct>
-void rnn_forward_rows(const ForwardStep<double>& s, int64_t b0, int64_t b1) {
-  rnn_forward_rows_impl<kAct>(s, b0, b1);
+void rnn_forward_slice(const ForwardSlice<double>& s) {
+  rnn_forward_slice_impl<kAct>(s);
 }
 template <Nonlinearity kAct>
 FUSED_RNN_CPU_CLONES void rnn_backward_rows(const BackwardStep<float>& s, int64_t b0, int64_t b1) {
@@ -95,18 +114,24 @@ std::tuple<Tensor, Tensor> rnn_forward_impl(const Tensor& gx, const Tensor& w_hh
                                             bool reverse, const RecurrenceSizes& n) {
   const int64_t T_steps = n.T, B = n.B, H = n.H;
   Tensor y = empty_output({T_steps, B, H}, gx.options());
-  Tensor h = h0.clone();
-  Tensor pre = at::empty({B, H}, gx.options());
-  const Tensor w_hh_t = w_hh.t();
+  Tensor h_prev = h0.clone();  // [B, H]; h_prev/h_next swap every step
+  Tensor h_next = at::empty({B, H}, gx.options());
   const int64_t* len = data_or_null<int64_t>(lengths);
+  const UnitPartition part(H, 1, B * H * H);
+  SliceGemms slices(part, w_hh, B);
   for (int64_t s = 0; s < T_steps; ++s) {
     const int64_t t = time_at(s, T_steps, reverse);
-    gemm(pre, h, w_hh_t, false);
-    ForwardStep<T> step{H, t, T_steps, gx.data_ptr<T>() + t * B * H, pre.data_ptr<T>(),
-                        h.data_ptr<T>(), y.data_ptr<T>() + t * B * H, len};
-    parallel_rows(B, H, [&](int64_t b0, int64_t b1) { rnn_forward_rows<kAct>(step, b0, b1); });
+    part.for_each([&](int64_t k) {
+      slices.run(k, h_prev);
+      const ForwardSlice<T> slice{B, H, part.begin(k), part.units(k), t, T_steps,
+                                  gx.data_ptr<T>() + t * B * H, slices.pre[k].data_ptr<T>(),
+                                  h_prev.data_ptr<T>(), h_next.data_ptr<T>(),
+                                  y.data_ptr<T>() + t * B * H, len};
+      rnn_forward_slice<kAct>(slice);
+    });
+    std::swap(h_prev, h_next);
   }
-  return {y, h};
+  return {y, h_prev};
 }
 
 template <Nonlinearity kAct, typename T>

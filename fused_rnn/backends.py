@@ -1,0 +1,152 @@
+"""The one place that picks the implementation of a recurrence: cuda, triton, cpu or reference.
+
+Every backend exposes the same four functions, one layer and one direction each (the op
+interface of ``csrc/ops.cpp`` without the workspace):
+
+    lstm(gx, w_hh, w_hr, h0, c0, lengths, reverse) -> (y, h_n, c_n)
+    gru(gx, w_hh, b_hh, h0, lengths, reverse)       -> (y, h_n)
+    rnn_tanh(gx, w_hh, h0, lengths, reverse)         -> (y, h_n)
+    rnn_relu(gx, w_hh, h0, lengths, reverse)         -> (y, h_n)
+
+``"cpu"`` and ``"cuda"`` are the compiled ops (``torch.ops.fused_rnn.*``), which the dispatcher
+routes by device; ``"triton"`` the ``*_triton`` ops; ``"reference"`` the plain PyTorch loops of
+:mod:`fused_rnn.reference` (any device, slow). ``"auto"`` takes the fastest that runs on the
+input's device.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import _ops, reference
+
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    lstm: Callable
+    gru: Callable
+    rnn_tanh: Callable
+    rnn_relu: Callable
+
+    def cell(self, cell: str) -> Callable:
+        return getattr(self, cell)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _op_backend(name: str, suffix: str) -> Backend:
+    """Wraps the ops ``fused_rnn::{cell}_forward{suffix}``: asks for the workspace only when a
+    gradient will be taken, and returns the outputs without it."""
+    ops = torch.ops.fused_rnn
+    lstm_op = getattr(ops, f"lstm_forward{suffix}")
+    gru_op = getattr(ops, f"gru_forward{suffix}")
+    tanh_op = getattr(ops, f"rnn_tanh_forward{suffix}")
+    relu_op = getattr(ops, f"rnn_relu_forward{suffix}")
+
+    def lstm(gx, w_hh, w_hr, h0, c0, lengths, reverse):
+        save = _needs_grad(gx, w_hh, w_hr, h0, c0)
+        y, h_n, c_n, _, _ = lstm_op(gx, w_hh, w_hr, h0, c0, lengths, reverse, save)
+        return y, h_n, c_n
+
+    def gru(gx, w_hh, b_hh, h0, lengths, reverse):
+        save = _needs_grad(gx, w_hh, b_hh, h0)
+        y, h_n, _ = gru_op(gx, w_hh, b_hh, h0, lengths, reverse, save)
+        return y, h_n
+
+    def rnn_tanh(gx, w_hh, h0, lengths, reverse):
+        return tanh_op(gx, w_hh, h0, lengths, reverse)
+
+    def rnn_relu(gx, w_hh, h0, lengths, reverse):
+        return relu_op(gx, w_hh, h0, lengths, reverse)
+
+    return Backend(name, lstm, gru, rnn_tanh, rnn_relu)
+
+
+_REFERENCE = Backend(
+    "reference", reference.lstm, reference.gru, reference.rnn_tanh, reference.rnn_relu
+)
+
+
+@functools.cache
+def _triton_module():
+    """fused_rnn.triton_kernels, or None when Triton (or the module) cannot be imported."""
+    try:
+        return importlib.import_module("fused_rnn.triton_kernels")
+    except ImportError:
+        return None
+
+
+def triton_unavailable_reason(cell: str, device: torch.device, proj: bool) -> str | None:
+    """Why the Triton backend cannot run this call (None when it can)."""
+    module = _triton_module()
+    if module is None:
+        return "Triton or fused_rnn.triton_kernels could not be imported"
+    if not module.supports(cell, proj=proj, device=device):
+        what = f"{cell} with a projection" if proj else cell
+        return f"its kernels do not run {what} on {device.type} tensors"
+    return None
+
+
+def _unavailable_reason(name: str, cell: str, device: torch.device, proj: bool) -> str | None:
+    if name == "cpu":
+        return None if device.type == "cpu" else f"it runs on CPU tensors, got {device.type}"
+    if name == "cuda":
+        if device.type != "cuda":
+            return f"it runs on CUDA tensors, got {device.type}"
+        if not _ops.WITH_CUDA:
+            return "fused_rnn was built without its CUDA kernels (rebuild with FUSED_RNN_CUDA=1)"
+        return None
+    if name == "triton":
+        return triton_unavailable_reason(cell, device, proj)
+    return None  # reference runs anywhere
+
+
+def available(name: str, cell: str, device: torch.device | str, *, proj: bool = False) -> bool:
+    """Whether backend ``name`` can run ``cell`` on ``device``."""
+    return _unavailable_reason(name, cell, torch.device(device), proj) is None
+
+
+def auto_backend_name(cell: str, device: torch.device, *, proj: bool = False) -> str:
+    """The backend ``"auto"`` resolves to: the compiled kernels of the device, else Triton on a
+    GPU, else the reference loops."""
+    for name in ("cpu", "cuda", "triton"):
+        if _unavailable_reason(name, cell, device, proj) is None:
+            return name
+    return "reference"
+
+
+@functools.cache
+def _backend(name: str) -> Backend:
+    if name == "reference":
+        return _REFERENCE
+    if name == "triton":
+        _triton_module()  # importing it registers the *_triton ops
+        return _op_backend("triton", "_triton")
+    return _op_backend(name, "")
+
+
+def resolve(backend: str, device: torch.device | str, *, cell: str, proj: bool = False) -> Backend:
+    """The implementation of ``cell`` for tensors on ``device``. ``proj``: an LSTM with a
+    projection (``proj_size > 0``), which not every backend supports."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+    device = torch.device(device)
+    if backend == "auto":
+        return _backend(auto_backend_name(cell, device, proj=proj))
+    reason = _unavailable_reason(backend, cell, device, proj)
+    if reason is not None:
+        raise RuntimeError(f"fused_rnn backend {backend!r} is not available: {reason}")
+    return _backend(backend)

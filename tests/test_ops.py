@@ -1,0 +1,234 @@
+"""The C++ recurrence ops on the CPU against fused_rnn/reference.py: outputs and every gradient,
+both directions, lengths, projection, fp64/fp32/bf16/fp16, gradcheck and opcheck."""
+
+import pytest
+import torch
+
+from fused_rnn import reference
+
+ops = torch.ops.fused_rnn
+F64 = torch.float64
+
+# (T, B, H, P): odd sizes, T=1, B=1, H=1; batches of at most 4 rows take the small-batch GEMM;
+# the last two are large enough (with 2 threads) for the forward to split the hidden units
+# across threads, with the small-batch GEMM and with BLAS.
+SHAPES = [(5, 3, 4, 4), (1, 1, 1, 1), (4, 2, 3, 3), (3, 6, 17, 17), (3, 4, 64, 64), (4, 6, 96, 96)]
+LENGTHS = ["none", "varied"]
+
+
+def make_lengths(kind, T, B):
+    if kind == "none":
+        return None
+    # a full-length, a zero-length and varied sequences
+    values = [T, 0] + [(b * 7) % (T + 1) for b in range(2, B)]
+    return torch.tensor(values[:B], dtype=torch.int64)
+
+
+def random_inputs(cell, T, B, H, P, dtype, *, proj=False, bias=True, scale=0.5):
+    """Op inputs (requiring grad) as a dict, and the reference function's positional args."""
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    P = P if proj else H
+
+    def leaf(*shape, scale=scale):
+        return (torch.randn(*shape, dtype=F64) * scale).to(dtype).requires_grad_()
+
+    # recurrent weights scaled as torch.nn initialises them, so activations stay in range
+    t = {"gx": leaf(T, B, G * H), "w_hh": leaf(G * H, P, scale=P**-0.5), "h0": leaf(B, P)}
+    if cell == "lstm":
+        t["w_hr"] = leaf(P, H) if proj else None
+        t["c0"] = leaf(B, H)
+    if cell == "gru":
+        t["b_hh"] = leaf(G * H) if bias else None
+    return t
+
+
+def run_op(cell, t, lengths, reverse, save=True):
+    """(y, h_n[, c_n]) of the op."""
+    if cell == "lstm":
+        return ops.lstm_forward(t["gx"], t["w_hh"], t["w_hr"], t["h0"], t["c0"], lengths, reverse, save)[:3]
+    if cell == "gru":
+        return ops.gru_forward(t["gx"], t["w_hh"], t["b_hh"], t["h0"], lengths, reverse, save)[:2]
+    return getattr(ops, f"{cell}_forward")(t["gx"], t["w_hh"], t["h0"], lengths, reverse)
+
+
+def run_reference(cell, t, lengths, reverse):
+    if cell == "lstm":
+        return reference.lstm(t["gx"], t["w_hh"], t["w_hr"], t["h0"], t["c0"], lengths, reverse)
+    if cell == "gru":
+        return reference.gru(t["gx"], t["w_hh"], t["b_hh"], t["h0"], lengths, reverse)
+    return getattr(reference, cell)(t["gx"], t["w_hh"], t["h0"], lengths, reverse)
+
+
+def outputs_and_grads(fn, t, seeds=None):
+    outs = fn()
+    if seeds is None:
+        seeds = [torch.randn(o.shape, dtype=F64) for o in outs]
+    leaves = [v for v in t.values() if v is not None]
+    loss = sum((o.double() * s).sum() for o, s in zip(outs, seeds))
+    grads = torch.autograd.grad(loss, leaves)
+    return list(outs), list(grads), seeds
+
+
+def compare(cell, shape, lengths_kind, reverse, dtype, *, proj=False, bias=True, atol=1e-10):
+    T, B, H, P = shape
+    lengths = make_lengths(lengths_kind, T, B)
+    t = random_inputs(cell, T, B, H, max(1, P // 2), dtype, proj=proj, bias=bias)
+    outs, grads, seeds = outputs_and_grads(lambda: run_op(cell, t, lengths, reverse), t)
+    t64 = {k: (v.detach().double().requires_grad_() if v is not None else None) for k, v in t.items()}
+    ref_outs, ref_grads, _ = outputs_and_grads(lambda: run_reference(cell, t64, lengths, reverse), t64, seeds)
+    for got, want in zip(outs + grads, ref_outs + ref_grads):
+        assert got.dtype == dtype and got.shape == want.shape
+        torch.testing.assert_close(got.double(), want, atol=atol, rtol=10 * atol)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("lengths_kind", LENGTHS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_op_matches_reference_fp64(cell, shape, lengths_kind, reverse):
+    torch.set_num_threads(2)
+    compare(cell, shape, lengths_kind, reverse, F64)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_op_matches_reference_fp32(cell, shape, reverse):
+    """fp32 (the vectorised exp and the small-batch GEMM run here) within 1e-5 of fp64."""
+    torch.set_num_threads(2)
+    compare(cell, shape, "varied", reverse, torch.float32, atol=2e-5)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 4, 6), (4, 2, 24, 40)])
+@pytest.mark.parametrize("lengths_kind", LENGTHS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_lstm_projection(shape, lengths_kind, reverse, dtype):
+    compare("lstm", shape, lengths_kind, reverse, dtype, proj=True, atol=1e-10 if dtype == F64 else 2e-5)
+
+
+@pytest.mark.parametrize("lengths_kind", LENGTHS)
+def test_gru_without_bias(lengths_kind):
+    compare("gru", (4, 3, 5, 5), lengths_kind, False, F64, bias=False)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_op_low_precision(cell, dtype):
+    """bf16/fp16 storage with fp32 gate maths: within a small multiple of the error the
+    reference makes when its inputs and outputs are rounded to that dtype the same way."""
+    T, B, H = 6, 3, 16
+    lengths = make_lengths("varied", T, B)
+    t = random_inputs(cell, T, B, H, H, dtype)
+    outs, grads, seeds = outputs_and_grads(lambda: run_op(cell, t, lengths, False), t)
+    t64 = {k: (v.detach().double().requires_grad_() if v is not None else None) for k, v in t.items()}
+    exact = outputs_and_grads(lambda: run_reference(cell, t64, lengths, False), t64, seeds)
+    # The same maths with every tensor rounded to the dtype in between: what torch.nn does in
+    # that dtype, at its best.
+    t_low = {k: (v.detach().requires_grad_() if v is not None else None) for k, v in t.items()}
+    low = outputs_and_grads(lambda: run_reference(cell, t_low, lengths, False), t_low, seeds)
+    for got, want, lowp in zip(outs + grads, exact[0] + exact[1], low[0] + low[1]):
+        assert got.dtype == dtype
+        ours_err = (got.double() - want).abs().max().item()
+        ref_err = (lowp.double() - want).abs().max().item()
+        scale = want.abs().max().item()
+        assert ours_err <= 4 * ref_err + 1e-2 * scale + 1e-3, (ours_err, ref_err)
+
+
+def test_forward_without_workspace_matches():
+    t = random_inputs("lstm", 4, 2, 5, 5, F64)
+    with_ws = ops.lstm_forward(t["gx"], t["w_hh"], None, t["h0"], t["c0"], None, False, True)
+    without = ops.lstm_forward(t["gx"], t["w_hh"], None, t["h0"], t["c0"], None, False, False)
+    for a, b in zip(with_ws[:3], without[:3]):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert without[3].numel() == 0 and without[4].numel() == 0
+    assert with_ws[3].shape == (4, 2, 20) and with_ws[4].shape == (4, 2, 5)
+
+
+def test_backward_without_workspace_raises():
+    t = random_inputs("gru", 3, 2, 4, 4, F64)
+    y, h_n, _ = ops.gru_forward(t["gx"], t["w_hh"], t["b_hh"], t["h0"], None, False, False)
+    with pytest.raises(RuntimeError, match="save_for_backward=False"):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_unused_outputs_get_no_gradient(cell, reverse):
+    """Only h_n used (grad_y is None): the ops take None for the gradients of unused outputs."""
+    t = random_inputs(cell, 4, 3, 5, 5, F64)
+    t64 = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in t.items()}
+    lengths = make_lengths("varied", 4, 3)
+    h_n = run_op(cell, t, lengths, reverse)[1]
+    h_ref = run_reference(cell, t64, lengths, reverse)[1]
+    leaves = [v for v in t.values() if v is not None]
+    leaves64 = [v for v in t64.values() if v is not None]
+    for a, b in zip(torch.autograd.grad(h_n.sum(), leaves), torch.autograd.grad(h_ref.sum(), leaves64)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradcheck (fp64) and opcheck
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("lengths_kind", LENGTHS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck(cell, lengths_kind, reverse):
+    T, B, H = 3, 3, 2
+    lengths = make_lengths(lengths_kind, T, B)
+    t = random_inputs(cell, T, B, H, H, F64)
+    names = [k for k, v in t.items() if v is not None]
+
+    def fn(*leaves):
+        values = dict(t, **dict(zip(names, leaves)))
+        return tuple(run_op(cell, values, lengths, reverse))
+
+    torch.autograd.gradcheck(fn, [t[k] for k in names])
+
+
+def test_gradcheck_lstm_projection():
+    lengths = torch.tensor([3, 1])
+    t = random_inputs("lstm", 3, 2, 3, 2, F64, proj=True)
+    names = [k for k, v in t.items() if v is not None]
+
+    def fn(*leaves):
+        values = dict(t, **dict(zip(names, leaves)))
+        return tuple(run_op("lstm", values, lengths, True))
+
+    torch.autograd.gradcheck(fn, [t[k] for k in names])
+
+
+def _opcheck_samples():
+    T, B, H = 3, 2, 4
+    lengths = torch.tensor([3, 1])
+    samples = []
+    for requires_grad in (False, True):
+        for lens in (None, lengths):
+            def leaf(*shape):
+                return torch.randn(*shape, dtype=torch.float32, requires_grad=requires_grad)
+
+            samples.append(("lstm_forward", (leaf(T, B, 4 * H), leaf(4 * H, H), None, leaf(B, H), leaf(B, H), lens, False, requires_grad)))
+            samples.append(("lstm_forward", (leaf(T, B, 4 * H), leaf(4 * H, 3), leaf(3, H), leaf(B, 3), leaf(B, H), lens, True, requires_grad)))
+            samples.append(("gru_forward", (leaf(T, B, 3 * H), leaf(3 * H, H), leaf(3 * H), leaf(B, H), lens, True, requires_grad)))
+            samples.append(("rnn_tanh_forward", (leaf(T, B, H), leaf(H, H), leaf(B, H), lens, False)))
+            samples.append(("rnn_relu_forward", (leaf(T, B, H), leaf(H, H), leaf(B, H), lens, True)))
+    # backward ops, from a real forward
+    gx, w, h0, c0 = torch.randn(T, B, 4 * H), torch.randn(4 * H, H), torch.randn(B, H), torch.randn(B, H)
+    y, h_n, c_n, gates, cs = ops.lstm_forward(gx, w, None, h0, c0, lengths, False, True)
+    samples.append(("lstm_backward", (torch.randn_like(y), None, torch.randn_like(c_n), w, None, h0, c0, y, gates, cs, lengths, False)))
+    gx3 = torch.randn(T, B, 3 * H)
+    w3 = torch.randn(3 * H, H)
+    y, h_n, gates = ops.gru_forward(gx3, w3, None, h0, None, True, True)
+    samples.append(("gru_backward", (torch.randn_like(y), torch.randn_like(h_n), w3, h0, y, gates, None, True)))
+    for act in ("tanh", "relu"):
+        gx1, w1 = torch.randn(T, B, H), torch.randn(H, H)
+        y, h_n = getattr(ops, f"rnn_{act}_forward")(gx1, w1, h0, lengths, False)
+        samples.append((f"rnn_{act}_backward", (None, torch.randn_like(h_n), w1, h0, y, lengths, False)))
+    return samples
+
+
+@pytest.mark.parametrize("name, args", _opcheck_samples(), ids=lambda v: v if isinstance(v, str) else "")
+def test_opcheck(name, args):
+    torch.library.opcheck(getattr(ops, name).default, args)
