@@ -103,9 +103,11 @@ class _FusedRNNBase(nn.RNNBase):
                 raise ValueError("lengths cannot be given with a PackedSequence (it carries its own)")
             return self._forward_packed(input, hx)
 
-        name = "RNN" if self.mode.startswith("RNN") else self.mode
         if input.dim() not in (2, 3):
-            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+            # torch.nn's wording, which differs between RNN and LSTM/GRU
+            got = f"{input.dim()}D tensor" if self.mode.startswith("RNN") else f"{input.dim()}D"
+            name = "RNN" if self.mode.startswith("RNN") else self.mode
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {got} instead")
         is_batched = input.dim() == 3
         if hx is not None:
             self._check_hx_dims(hx, 3 if is_batched else 2, is_batched)
