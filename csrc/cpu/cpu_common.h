@@ -56,47 +56,28 @@ inline void gemm(Tensor& out, const Tensor& a, const Tensor& b, bool accumulate)
   }
 }
 
-// Runs fn(row_begin, row_end) over the batch rows in parallel, with enough elements per task
-// that the threading overhead stays small next to the work.
-template <typename F>
-inline void parallel_rows(int64_t rows, int64_t elements_per_row, const F& fn) {
-  constexpr int64_t kElementsPerTask = 16384;
-  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, elements_per_row));
-  at::parallel_for(0, rows, grain, fn);
-}
-
-// The forward pass splits the hidden units into contiguous slices, one per thread. A thread
-// computes the recurrent product of its slice's gate rows (all G gates of its units, so the
-// cell maths needs nothing from other threads) and then the cell maths of those units: one
+// Every step splits the hidden units into contiguous slices, one per thread, and a thread
+// does all the work of its units: in the forward, the recurrent product of their gate rows
+// (all G gates of a unit, so the cell maths needs nothing from other threads) and their cell
+// maths; in the backward, their gate gradients and their columns of dh = dgates @ w_hh. One
 // fork/join per step, and each thread's slice of w_hh stays in its own core's cache for all
-// T steps instead of streaming the whole matrix through every step's GEMM.
-class UnitPartition {
+// T steps instead of streaming through a whole-matrix GEMM every step.
+class Partition {
  public:
-  // work_per_step: multiply-adds of one step's recurrent product; below a few tens of
-  // thousands the threading costs more than it saves.
-  UnitPartition(int64_t H, int64_t G, int64_t work_per_step) : H_(H), G_(G) {
+  // [0, size) in contiguous slices. work_per_step: multiply-adds of one step's recurrent
+  // product; below a few tens of thousands the threading costs more than it saves.
+  Partition(int64_t size, int64_t work_per_step) {
     constexpr int64_t kMinWork = 1 << 15;
     constexpr int64_t kMinUnits = 8;  // one 8-wide vector of units per thread at least
     const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
     const int64_t count =
-        work_per_step < kMinWork ? 1 : std::max<int64_t>(1, std::min(threads, H / kMinUnits));
-    for (int64_t k = 0; k <= count; ++k) begin_.push_back(H * k / count);
+        work_per_step < kMinWork ? 1 : std::max<int64_t>(1, std::min(threads, size / kMinUnits));
+    for (int64_t k = 0; k <= count; ++k) begin_.push_back(size * k / count);
   }
 
   int64_t size() const { return static_cast<int64_t>(begin_.size()) - 1; }
-  int64_t gates() const { return G_; }
   int64_t begin(int64_t k) const { return begin_[k]; }
   int64_t units(int64_t k) const { return begin_[k + 1] - begin_[k]; }
-
-  // w [G*H, P] (gate blocks of H rows) -> the same rows, each slice's G*units rows contiguous:
-  // slice k is rows [G*begin(k), G*begin(k+1)), gate g of its units at offset g*units(k).
-  Tensor pack_rows(const Tensor& w) const {
-    std::vector<Tensor> rows;
-    for (int64_t k = 0; k < size(); ++k) {
-      for (int64_t g = 0; g < G_; ++g) rows.push_back(w.narrow(0, g * H_ + begin(k), units(k)));
-    }
-    return at::cat(rows).contiguous();
-  }
 
   // Runs fn(k) for every slice, slice k on thread k.
   template <typename F>
@@ -107,37 +88,65 @@ class UnitPartition {
   }
 
  private:
-  int64_t H_, G_;
   std::vector<int64_t> begin_;
 };
 
-// Per-slice GEMM operands of the forward pass: slice k computes
-//   pre[k] [B, G*units(k)] = h_prev [B, P] @ w_t[k] [P, G*units(k)]
-// with w_t[k] a contiguous transposed copy of the slice's gate rows (made once per call).
-struct SliceGemms {
+// out (+)= a @ b with the small-batch kernel where it applies (fp32, at most 4 rows, b with
+// unit column stride), else BLAS.
+inline void slice_gemm(Tensor& out, const Tensor& a, const Tensor& b, bool accumulate) {
+  const int64_t M = a.size(0);
+  if (a.scalar_type() == at::kFloat && M > 0 && M <= kSmallBatchGemmMaxRows && b.stride(1) == 1 &&
+      a.stride(1) == 1 && out.is_contiguous()) {
+    small_batch_gemm(M, out.size(1), a.size(1), a.data_ptr<float>(), a.stride(0),
+                     b.data_ptr<float>(), b.stride(0), out.data_ptr<float>(), out.size(1),
+                     accumulate);
+  } else {
+    gemm(out, a, b, accumulate);
+  }
+}
+
+// Forward operands: slice k computes pre[k] [B, G*n_k] = h_prev [B, P] @ w_t[k] [P, G*n_k],
+// w_t[k] a contiguous transposed copy of the slice's gate rows (gate g of its units at columns
+// g*n_k .. (g+1)*n_k), made once per call.
+struct ForwardGemms {
   std::vector<Tensor> w_t, pre;
 
-  SliceGemms(const UnitPartition& part, const Tensor& w_hh, int64_t B) {
-    const Tensor packed = part.pack_rows(w_hh);
-    const int64_t G = part.gates();
-    Tensor pre_buffer = at::empty({B * w_hh.size(0)}, w_hh.options());
+  ForwardGemms(const Partition& part, const Tensor& w_hh, int64_t G, int64_t B) {
+    const int64_t H = w_hh.size(0) / G;
+    Tensor pre_buffer = at::empty({B * G * H}, w_hh.options());
     for (int64_t k = 0; k < part.size(); ++k) {
-      const int64_t rows = G * part.units(k);
-      w_t.push_back(packed.narrow(0, G * part.begin(k), rows).t().contiguous());
-      pre.push_back(pre_buffer.narrow(0, B * G * part.begin(k), B * rows).view({B, rows}));
+      std::vector<Tensor> rows;
+      for (int64_t g = 0; g < G; ++g) rows.push_back(w_hh.narrow(0, g * H + part.begin(k), part.units(k)));
+      const int64_t n = G * part.units(k);
+      w_t.push_back(at::cat(rows).t().contiguous());
+      pre.push_back(pre_buffer.narrow(0, B * G * part.begin(k), B * n).view({B, n}));
     }
   }
 
-  void run(int64_t k, const Tensor& h_prev) {
-    Tensor& out = pre[k];
-    const int64_t B = h_prev.size(0), P = h_prev.size(1), N = out.size(1);
-    if (h_prev.scalar_type() == at::kFloat && B > 0 && B <= kSmallBatchGemmMaxRows) {
-      small_batch_gemm(B, N, P, h_prev.data_ptr<float>(), P, w_t[k].data_ptr<float>(), N,
-                       out.data_ptr<float>(), N);
-    } else {
-      gemm(out, h_prev, w_t[k], false);
+  void run(int64_t k, const Tensor& h_prev) { slice_gemm(pre[k], h_prev, w_t[k], false); }
+};
+
+// Backward state: slice k owns columns [begin(k), begin(k+1)) of dh (the gradient reaching h,
+// [B, P]) in a contiguous buffer, and adds to them the recurrent part from all gate gradients
+// of the step after: dh[k] [B, n_k] += dgh_t [B, G*H] @ w_hh[:, columns of k].
+struct BackwardState {
+  std::vector<Tensor> dh;
+  std::vector<Tensor> w_cols;
+
+  BackwardState(const Partition& part, const Tensor& w_hh, const optional<Tensor>& grad_h_n,
+                int64_t B) {
+    for (int64_t k = 0; k < part.size(); ++k) {
+      const int64_t p0 = part.begin(k), n = part.units(k);
+      w_cols.push_back(w_hh.narrow(1, p0, n));
+      // clone: dh is updated in place, and must never alias the caller's grad_h_n
+      dh.push_back(has(grad_h_n) ? grad_h_n->narrow(1, p0, n).clone(at::MemoryFormat::Contiguous)
+                                 : at::zeros({B, n}, w_hh.options()));
     }
   }
+
+  void add_recurrent(int64_t k, const Tensor& dgh_t) { slice_gemm(dh[k], dgh_t, w_cols[k], true); }
+
+  Tensor gather() const { return at::cat(dh, 1); }
 };
 
 // Time step processed at position s of the forward pass.

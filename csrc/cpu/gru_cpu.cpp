@@ -1,10 +1,11 @@
 // GRU recurrence on the CPU, forward and backward (see csrc/ops.cpp for the op contract).
 //
-// Forward, per step, on each thread's slice of hidden units (cpu_common.h, UnitPartition):
+// Forward, per step, on each thread's slice of hidden units (cpu_common.h, Partition):
 //                     gh[B, 3n] = h_prev @ w_hh[the slice's gate rows]^T   (one GEMM)
 //                     one pass over the slice: r, z, n (b_hh added here), h_next, y_t, workspace
-// Backward, per step: one pass over the rows: grad_gx[t], dgh[t] and the direct dh * z
-//                     dh += dgh[t] @ w_hh                      (one GEMM)
+// Backward, per step, on the same slices: dh[:, units] += dgh[t+1] @ w_hh[:, units] (the
+//                     recurrent part from the step after, one GEMM), then one pass over the
+//                     slice: grad_gx[t], dgh[t] and the direct part dh * z
 // grad_w_hh and grad_b_hh come from dgh of all steps after the loop.
 #include <torch/library.h>
 
@@ -80,15 +81,16 @@ __attribute__((always_inline)) inline void gru_forward_slice_impl(const ForwardS
   if (!save && !bias) gru_forward_slice_impl<false, false>(s);
 }
 
+// The units [j0, j0 + n) of one backward step, all batch rows.
 template <typename T>
-struct BackwardStep {
-  int64_t H, t, T_steps, B;
+struct BackwardSlice {
+  int64_t B, H, j0, n, t, T_steps;
   bool reverse;
   const T* gates;   // [T, B, 4H]
   const T* y;       // [T, B, H] (h_prev of a step is y of its neighbour)
   const T* h0;      // [B, H]
   const T* dy_t;    // [B, H] or nullptr
-  T* dh;            // [B, H] in: gradient reaching h_t from step t+1; out: its direct part dh*z
+  T* dh;            // [B, n] in: gradient reaching h_t; out on real steps: its direct part dh*z
   T* dgx_t;         // [B, 3H]
   T* dgh_t;         // [B, 3H] gradient of the recurrent product (+ b_hh)
   const int64_t* lengths;
@@ -96,9 +98,9 @@ struct BackwardStep {
 
 template <bool kHasDy, typename T>
 __attribute__((always_inline)) inline void gru_backward_row(
-    int64_t H, const T* __restrict__ w, const T* __restrict__ h_prev, const T* __restrict__ dy,
-    T* __restrict__ dh, T* __restrict__ dx, T* __restrict__ dg) {
-  for (int64_t j = 0; j < H; ++j) {
+    int64_t n, int64_t H, const T* __restrict__ w, const T* __restrict__ h_prev,
+    const T* __restrict__ dy, T* __restrict__ dh, T* __restrict__ dx, T* __restrict__ dg) {
+  for (int64_t j = 0; j < n; ++j) {
     const GRUGates<T> gate{w[j], w[H + j], w[2 * H + j]};
     const T dh_total = kHasDy ? dh[j] + dy[j] : dh[j];
     GRUGates<T> d;
@@ -113,26 +115,28 @@ __attribute__((always_inline)) inline void gru_backward_row(
 }
 
 template <typename T>
-__attribute__((always_inline)) inline void gru_backward_rows_impl(const BackwardStep<T>& s,
-                                                                  int64_t b0, int64_t b1) {
-  const int64_t H = s.H, B = s.B, t = s.t;
-  for (int64_t b = b0; b < b1; ++b) {
-    T* dx = s.dgx_t + b * 3 * H;
-    T* dg = s.dgh_t + b * 3 * H;
+__attribute__((always_inline)) inline void gru_backward_slice_impl(const BackwardSlice<T>& s) {
+  const int64_t B = s.B, H = s.H, j0 = s.j0, n = s.n, t = s.t;
+  for (int64_t b = 0; b < B; ++b) {
+    T* dx = s.dgx_t + b * 3 * H + j0;
+    T* dg = s.dgh_t + b * 3 * H + j0;
     const int64_t length = length_of(s.lengths, b, s.T_steps);
     if (!step_is_valid(t, length)) {
-      std::fill_n(dx, 3 * H, T(0));
-      std::fill_n(dg, 3 * H, T(0));
+      for (int64_t k = 0; k < 3; ++k) {
+        std::fill_n(dx + k * H, n, T(0));
+        std::fill_n(dg + k * H, n, T(0));
+      }
       continue;
     }
-    const T* w = s.gates + (t * B + b) * 4 * H;
+    const int64_t row = b * H + j0;
+    const T* w = s.gates + (t * B + b) * 4 * H + j0;
     const T* h_prev = step_is_first(t, length, s.reverse)
-                          ? s.h0 + b * H
-                          : s.y + (prev_time(t, s.reverse) * B + b) * H;
+                          ? s.h0 + row
+                          : s.y + prev_time(t, s.reverse) * B * H + row;
     if (s.dy_t) {
-      gru_backward_row<true>(H, w, h_prev, s.dy_t + b * H, s.dh + b * H, dx, dg);
+      gru_backward_row<true>(n, H, w, h_prev, s.dy_t + row, s.dh + b * n, dx, dg);
     } else {
-      gru_backward_row<false, T>(H, w, h_prev, nullptr, s.dh + b * H, dx, dg);
+      gru_backward_row<false, T>(n, H, w, h_prev, nullptr, s.dh + b * n, dx, dg);
     }
   }
 }
@@ -141,12 +145,10 @@ FUSED_RNN_CPU_CLONES void gru_forward_slice(const ForwardSlice<float>& s) {
   gru_forward_slice_impl(s);
 }
 void gru_forward_slice(const ForwardSlice<double>& s) { gru_forward_slice_impl(s); }
-FUSED_RNN_CPU_CLONES void gru_backward_rows(const BackwardStep<float>& s, int64_t b0, int64_t b1) {
-  gru_backward_rows_impl(s, b0, b1);
+FUSED_RNN_CPU_CLONES void gru_backward_slice(const BackwardSlice<float>& s) {
+  gru_backward_slice_impl(s);
 }
-void gru_backward_rows(const BackwardStep<double>& s, int64_t b0, int64_t b1) {
-  gru_backward_rows_impl(s, b0, b1);
-}
+void gru_backward_slice(const BackwardSlice<double>& s) { gru_backward_slice_impl(s); }
 
 template <typename T>
 std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& gx, const Tensor& w_hh,
@@ -160,8 +162,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& gx, const Tens
   Tensor h_next = at::empty({B, H}, opts);
   Tensor gates = save ? empty_output({T_steps, B, 4 * H}, opts) : empty_placeholder(opts);
   const int64_t* len = data_or_null<int64_t>(lengths);
-  const UnitPartition part(H, 3, B * 3 * H * H);
-  SliceGemms slices(part, w_hh, B);
+  const Partition part(H, B * 3 * H * H);
+  ForwardGemms slices(part, w_hh, 3, B);
 
   for (int64_t s = 0; s < T_steps; ++s) {
     const int64_t t = time_at(s, T_steps, reverse);
@@ -197,32 +199,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   const auto opts = y.options();
   Tensor grad_gx = empty_output({T_steps, B, 3 * H}, opts);
   Tensor dgh = empty_output({T_steps, B, 3 * H}, opts);
-  Tensor dh = has(grad_h_n) ? grad_h_n->clone() : at::zeros({B, H}, opts);
+  const std::vector<Tensor> dgh_steps = dgh.unbind(0);  // [B, 3H] views, made once
   const T* dy = data_or_null<T>(grad_y);
   const int64_t* len = data_or_null<int64_t>(lengths);
+  const Partition units(H, B * 3 * H * H);
+  BackwardState state(units, w_hh, grad_h_n, B);
 
   for (int64_t s = T_steps - 1; s >= 0; --s) {
     const int64_t t = time_at(s, T_steps, reverse);
-    BackwardStep<T> step{H,
-                         t,
-                         T_steps,
-                         B,
-                         reverse,
-                         gates.data_ptr<T>(),
-                         y.data_ptr<T>(),
-                         h0.data_ptr<T>(),
-                         dy ? dy + t * B * H : nullptr,
-                         dh.data_ptr<T>(),
-                         grad_gx.data_ptr<T>() + t * B * 3 * H,
-                         dgh.data_ptr<T>() + t * B * 3 * H,
-                         len};
-    parallel_rows(B, 3 * H, [&](int64_t b0, int64_t b1) { gru_backward_rows(step, b0, b1); });
-    Tensor dgh_t = dgh[t];
-    gemm(dh, dgh_t, w_hh, true);
+    const Tensor* dgh_after = s + 1 < T_steps ? &dgh_steps[time_at(s + 1, T_steps, reverse)] : nullptr;
+    units.for_each([&](int64_t k) {
+      if (dgh_after) state.add_recurrent(k, *dgh_after);
+      const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps, reverse,
+                                   gates.data_ptr<T>(), y.data_ptr<T>(), h0.data_ptr<T>(),
+                                   dy ? dy + t * B * H : nullptr, state.dh[k].data_ptr<T>(),
+                                   grad_gx.data_ptr<T>() + t * B * 3 * H,
+                                   dgh_steps[t].data_ptr<T>(), len};
+      gru_backward_slice(slice);
+    });
+  }
+  // The recurrent part of the first step's gate gradients reaches h0.
+  if (T_steps > 0) {
+    units.for_each([&](int64_t k) { state.add_recurrent(k, dgh_steps[time_at(0, T_steps, reverse)]); });
   }
   Tensor grad_w_hh = recurrent_weight_grad(dgh, y, h0, lengths, reverse);
   Tensor grad_b_hh = dgh.reshape({-1, 3 * H}).sum(0);
-  return {grad_gx, grad_w_hh, grad_b_hh, dh};
+  return {grad_gx, grad_w_hh, grad_b_hh, state.gather()};
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward_cpu(const Tensor& gx, const Tensor& w_hh,

@@ -1,11 +1,12 @@
 // LSTM recurrence on the CPU, forward and backward (see csrc/ops.cpp for the op contract).
 //
-// Forward, per step, on each thread's slice of hidden units (cpu_common.h, UnitPartition):
+// Forward, per step, on each thread's slice of hidden units (cpu_common.h, Partition):
 //                     pre[B, 4n] = h_prev @ w_hh[the slice's gate rows]^T   (one GEMM)
 //                     one pass over the slice: activations, c (in place), h_next, y_t, workspace
 //                     with a projection: h = h_raw @ w_hr^T (a second GEMM) and a commit pass
-// Backward, per step: one pass over the rows: gate gradients into grad_gx[t], dc (in place)
-//                     dh += grad_gx[t] @ w_hh                  (one GEMM)
+// Backward, per step, on the same slices: dh[:, units] += grad_gx[t+1] @ w_hh[:, units]
+//                     (the recurrent part from the step after, one GEMM), then one pass over the
+//                     slice: gate gradients into grad_gx[t], dc (in place)
 // grad_w_hh (and grad_w_hr) are GEMMs over all steps after the loop.
 #include <torch/library.h>
 
@@ -88,28 +89,28 @@ __attribute__((always_inline)) inline void lstm_forward_slice_impl(const Forward
   }
 }
 
+// The units [j0, j0 + n) of one backward step, all batch rows.
 template <typename T>
-struct BackwardStep {
-  int64_t H, t, T_steps;
+struct BackwardSlice {
+  int64_t B, H, j0, n, t, T_steps;
   bool reverse;
-  const T* gates;       // [T, B, 4H] all steps (the previous step's c is read from cs)
-  const T* cs;          // [T, B, H]
-  const T* c0;          // [B, H]
-  const T* dh_in;       // [B, H] gradient reaching h_t: dh + dy_t (no projection) or dh_raw
-  const T* dy_t;        // [B, H] gradient of y_t added to dh_in, or nullptr
-  T* dh_state;          // [B, H] zeroed on real steps (the GEMM adds the recurrent part), or nullptr
-  T* dc;                // [B, H] gradient reaching c_t, updated in place to c_{t-1}
-  T* dgx_t;             // [B, 4H]
+  const T* gates;   // [T, B, 4H] all steps (c_prev is read from cs of the neighbouring step)
+  const T* cs;      // [T, B, H]
+  const T* c0;      // [B, H]
+  T* dh;            // [B, n] gradient reaching h_t (or h_raw with a projection) of these units
+  bool zero_dh;     // dh is the carried state: zero it on real steps (the next GEMM adds to it)
+  const T* dy_t;    // [B, H] gradient of y_t, added to dh; nullptr if none or already added
+  T* dc;            // [B, H] gradient reaching c_t, updated in place to c_{t-1}
+  T* dgx_t;         // [B, 4H]
   const int64_t* lengths;
-  int64_t B;
 };
 
 template <bool kHasDy, typename T>
 __attribute__((always_inline)) inline void lstm_backward_row(
-    int64_t H, const T* __restrict__ g, const T* __restrict__ c, const T* __restrict__ c_prev,
-    const T* __restrict__ dh_in, const T* __restrict__ dy, T* __restrict__ dc,
-    T* __restrict__ da) {
-  for (int64_t j = 0; j < H; ++j) {
+    int64_t n, int64_t H, const T* __restrict__ g, const T* __restrict__ c,
+    const T* __restrict__ c_prev, const T* __restrict__ dh_in, const T* __restrict__ dy,
+    T* __restrict__ dc, T* __restrict__ da) {
+  for (int64_t j = 0; j < n; ++j) {
     const LSTMGates<T> gate{g[j], g[H + j], g[2 * H + j], g[3 * H + j]};
     const T dh = kHasDy ? dh_in[j] + dy[j] : dh_in[j];
     LSTMGates<T> d;
@@ -122,29 +123,29 @@ __attribute__((always_inline)) inline void lstm_backward_row(
 }
 
 template <typename T>
-__attribute__((always_inline)) inline void lstm_backward_rows_impl(const BackwardStep<T>& s,
-                                                                   int64_t b0, int64_t b1) {
-  const int64_t H = s.H, B = s.B, t = s.t;
-  for (int64_t b = b0; b < b1; ++b) {
-    T* da = s.dgx_t + b * 4 * H;
+__attribute__((always_inline)) inline void lstm_backward_slice_impl(const BackwardSlice<T>& s) {
+  const int64_t B = s.B, H = s.H, j0 = s.j0, n = s.n, t = s.t;
+  for (int64_t b = 0; b < B; ++b) {
+    T* da = s.dgx_t + b * 4 * H + j0;
     const int64_t length = length_of(s.lengths, b, s.T_steps);
     if (!step_is_valid(t, length)) {
-      std::fill_n(da, 4 * H, T(0));  // padded step: no gradient, state gradients pass through
+      // padded step: no gradient; the state gradients pass through unchanged
+      for (int64_t k = 0; k < 4; ++k) std::fill_n(da + k * H, n, T(0));
       continue;
     }
-    const T* g = s.gates + (t * B + b) * 4 * H;
-    const T* c = s.cs + (t * B + b) * H;
+    const int64_t row = b * H + j0;
+    const T* g = s.gates + (t * B + b) * 4 * H + j0;
+    const T* c = s.cs + t * B * H + row;
     const T* c_prev = step_is_first(t, length, s.reverse)
-                          ? s.c0 + b * H
-                          : s.cs + (prev_time(t, s.reverse) * B + b) * H;
-    const T* dh_in = s.dh_in + b * H;
-    T* dc = s.dc + b * H;
+                          ? s.c0 + row
+                          : s.cs + prev_time(t, s.reverse) * B * H + row;
+    T* dh = s.dh + b * n;
     if (s.dy_t) {
-      lstm_backward_row<true>(H, g, c, c_prev, dh_in, s.dy_t + b * H, dc, da);
+      lstm_backward_row<true>(n, H, g, c, c_prev, dh, s.dy_t + row, s.dc + row, da);
     } else {
-      lstm_backward_row<false, T>(H, g, c, c_prev, dh_in, nullptr, dc, da);
+      lstm_backward_row<false, T>(n, H, g, c, c_prev, dh, nullptr, s.dc + row, da);
     }
-    if (s.dh_state) std::fill_n(s.dh_state + b * H, H, T(0));
+    if (s.zero_dh) std::fill_n(dh, n, T(0));
   }
 }
 
@@ -153,12 +154,10 @@ FUSED_RNN_CPU_CLONES void lstm_forward_slice(const ForwardSlice<float>& s) {
   lstm_forward_slice_impl(s);
 }
 void lstm_forward_slice(const ForwardSlice<double>& s) { lstm_forward_slice_impl(s); }
-FUSED_RNN_CPU_CLONES void lstm_backward_rows(const BackwardStep<float>& s, int64_t b0, int64_t b1) {
-  lstm_backward_rows_impl(s, b0, b1);
+FUSED_RNN_CPU_CLONES void lstm_backward_slice(const BackwardSlice<float>& s) {
+  lstm_backward_slice_impl(s);
 }
-void lstm_backward_rows(const BackwardStep<double>& s, int64_t b0, int64_t b1) {
-  lstm_backward_rows_impl(s, b0, b1);
-}
+void lstm_backward_slice(const BackwardSlice<double>& s) { lstm_backward_slice_impl(s); }
 
 // With a projection, the new h comes from a GEMM into `h_proj`; it becomes the state and y on
 // real steps (a finished sequence keeps h_prev and emits zeros).
@@ -199,8 +198,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
   Tensor cs = save ? empty_output({T_steps, B, H}, opts) : empty_placeholder(opts);
   const Tensor w_hr_t = proj ? w_hr->t() : Tensor();
   const int64_t* len = data_or_null<int64_t>(lengths);
-  const UnitPartition part(H, 4, B * 4 * H * P);
-  SliceGemms slices(part, w_hh, B);
+  const Partition part(H, B * 4 * H * P);
+  ForwardGemms slices(part, w_hh, 4, B);
 
   for (int64_t s = 0; s < T_steps; ++s) {
     const int64_t t = time_at(s, T_steps, reverse);
@@ -244,51 +243,67 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
   const auto opts = y.options();
   const bool proj = has(w_hr);
   const int64_t* len = data_or_null<int64_t>(lengths);
+  const T* dy = data_or_null<T>(grad_y);
 
   Tensor grad_gx = empty_output({T_steps, B, 4 * H}, opts);
-  Tensor dh = has(grad_h_n) ? grad_h_n->clone() : at::zeros({B, P}, opts);  // [B, P]
+  const std::vector<Tensor> dgx_steps = grad_gx.unbind(0);  // [B, 4H] views, made once
   Tensor dc = has(grad_c_n) ? grad_c_n->clone() : at::zeros({B, H}, opts);  // [B, H]
-  // With a projection: the total gradient of every step's h (for grad_w_hr) and dh_raw.
+  // Units of the cell maths; without a projection they are also the columns of dh.
+  const Partition units(H, B * 4 * H * P);
+  const Partition columns = proj ? Partition(P, B * 4 * H * P) : units;
+  BackwardState state(columns, w_hh, grad_h_n, B);
+
+  // With a projection: the total gradient of every step's h (for grad_w_hr), and per unit
+  // slice dh_raw = dh_total[t] @ w_hr[:, units].
   Tensor dh_total = proj ? at::zeros({T_steps, B, P}, opts) : Tensor();
-  Tensor dh_raw = proj ? at::empty({B, H}, opts) : Tensor();
-  const Tensor w_hr_v = proj ? *w_hr : Tensor();
-  const T* dy = data_or_null<T>(grad_y);
+  std::vector<Tensor> dh_raw, w_hr_units;
+  for (int64_t k = 0; proj && k < units.size(); ++k) {
+    dh_raw.push_back(at::empty({B, units.units(k)}, opts));
+    w_hr_units.push_back(w_hr->narrow(1, units.begin(k), units.units(k)));
+  }
+
+  auto cell_backward = [&](int64_t k, int64_t t, T* dh, bool zero_dh, const T* dy_t) {
+    const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps, reverse,
+                                 gates.data_ptr<T>(), cs.data_ptr<T>(), c0.data_ptr<T>(),
+                                 dh, zero_dh, dy_t, dc.data_ptr<T>(),
+                                 dgx_steps[t].data_ptr<T>(), len};
+    lstm_backward_slice(slice);
+  };
 
   for (int64_t s = T_steps - 1; s >= 0; --s) {
     const int64_t t = time_at(s, T_steps, reverse);
-    const T* dy_t = dy ? dy + t * B * P : nullptr;
-    if (proj) {
-      // dh_total[t] = dh + dy_t on real steps; dh restarts from zero there (the GEMM below
-      // adds its recurrent part); dh_raw = dh_total[t] @ w_hr.
-      T* total = dh_total.data_ptr<T>() + t * B * P;
-      T* dh_p = dh.data_ptr<T>();
+    const Tensor* dgx_after = s + 1 < T_steps ? &dgx_steps[time_at(s + 1, T_steps, reverse)] : nullptr;
+    if (!proj) {
+      units.for_each([&](int64_t k) {
+        if (dgx_after) state.add_recurrent(k, *dgx_after);
+        cell_backward(k, t, state.dh[k].data_ptr<T>(), true, dy ? dy + t * B * P : nullptr);
+      });
+      continue;
+    }
+    // With a projection the columns of dh (P) and the units (H) are split differently, so
+    // dh_total[t] is completed before any unit slice reads it: two fork/joins per step.
+    T* total = dh_total.data_ptr<T>() + t * B * P;
+    columns.for_each([&](int64_t k) {
+      if (dgx_after) state.add_recurrent(k, *dgx_after);
+      const int64_t p0 = columns.begin(k), m = columns.units(k);
+      T* dh = state.dh[k].data_ptr<T>();
       for (int64_t b = 0; b < B; ++b) {
         if (!step_is_valid(t, length_of(len, b, T_steps))) continue;
-        for (int64_t j = 0; j < P; ++j) {
-          total[b * P + j] = dh_p[b * P + j] + (dy_t ? dy_t[b * P + j] : T(0));
-          dh_p[b * P + j] = T(0);
+        for (int64_t j = 0; j < m; ++j) {
+          total[b * P + p0 + j] = dh[b * m + j] + (dy ? dy[(t * B + b) * P + p0 + j] : T(0));
+          dh[b * m + j] = T(0);
         }
       }
-      Tensor total_t = dh_total[t];
-      gemm(dh_raw, total_t, w_hr_v, false);
-    }
-    BackwardStep<T> step{H,
-                         t,
-                         T_steps,
-                         reverse,
-                         gates.data_ptr<T>(),
-                         cs.data_ptr<T>(),
-                         c0.data_ptr<T>(),
-                         proj ? dh_raw.data_ptr<T>() : dh.data_ptr<T>(),
-                         proj ? nullptr : dy_t,
-                         proj ? nullptr : dh.data_ptr<T>(),
-                         dc.data_ptr<T>(),
-                         grad_gx.data_ptr<T>() + t * B * 4 * H,
-                         len,
-                         B};
-    parallel_rows(B, 4 * H, [&](int64_t b0, int64_t b1) { lstm_backward_rows(step, b0, b1); });
-    Tensor grad_gx_t = grad_gx[t];
-    gemm(dh, grad_gx_t, w_hh, true);
+    });
+    const Tensor total_t = dh_total[t];
+    units.for_each([&](int64_t k) {
+      slice_gemm(dh_raw[k], total_t, w_hr_units[k], false);
+      cell_backward(k, t, dh_raw[k].data_ptr<T>(), false, nullptr);
+    });
+  }
+  // The recurrent part of the first step's gate gradients reaches h0.
+  if (T_steps > 0) {
+    columns.for_each([&](int64_t k) { state.add_recurrent(k, dgx_steps[time_at(0, T_steps, reverse)]); });
   }
 
   Tensor grad_w_hh = recurrent_weight_grad(grad_gx, y, h0, lengths, reverse);
@@ -299,7 +314,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
     const Tensor h_raw = o * at::tanh(cs);
     grad_w_hr = at::mm(dh_total.reshape({-1, P}).t(), h_raw.reshape({-1, H}));
   }
-  return {grad_gx, grad_w_hh, grad_w_hr, dh, dc};
+  return {grad_gx, grad_w_hh, grad_w_hr, state.gather(), dc};
 }
 
 // ---------------------------------------------------------------------------------------------

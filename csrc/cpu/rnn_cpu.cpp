@@ -1,10 +1,10 @@
 // Elman RNN recurrence (tanh and relu) on the CPU, forward and backward (see csrc/ops.cpp).
 //
-// Forward, per step, on each thread's slice of hidden units (cpu_common.h, UnitPartition):
+// Forward, per step, on each thread's slice of hidden units (cpu_common.h, Partition):
 //                     pre[B, n] = h_prev @ w_hh[the slice's rows]^T (one GEMM),
 //                     one pass: h_next = act(gx_t + pre), y_t
-// Backward, per step: one pass: grad_gx[t] = act'(y_t) * (dh + dy_t), dh = 0 on real steps
-//                     dh += grad_gx[t] @ w_hh (one GEMM)
+// Backward, per step, on the same slices: dh[:, units] += grad_gx[t+1] @ w_hh[:, units] (one
+//                     GEMM), then one pass: grad_gx[t] = act'(y_t) * (dh + dy_t), dh = 0
 #include <torch/library.h>
 
 #include "cpu/cpu_common.h"
@@ -51,22 +51,23 @@ __attribute__((always_inline)) inline void rnn_forward_slice_impl(const ForwardS
   }
 }
 
+// The units [j0, j0 + n) of one backward step, all batch rows.
 template <typename T>
-struct BackwardStep {
-  int64_t H, t, T_steps;
+struct BackwardSlice {
+  int64_t B, H, j0, n, t, T_steps;
   const T* y_t;    // [B, H] h_t on real steps
   const T* dy_t;   // [B, H] or nullptr
-  T* dh;           // [B, H] in: gradient from step t+1; set to 0 on real steps
+  T* dh;           // [B, n] in: gradient reaching h_t; set to 0 on real steps
   T* dgx_t;        // [B, H]
   const int64_t* lengths;
 };
 
 template <Nonlinearity kAct, bool kHasDy, typename T>
-__attribute__((always_inline)) inline void rnn_backward_row(int64_t H, const T* __restrict__ h,
+__attribute__((always_inline)) inline void rnn_backward_row(int64_t n, const T* __restrict__ h,
                                                             const T* __restrict__ dy,
                                                             T* __restrict__ dh,
                                                             T* __restrict__ da) {
-  for (int64_t j = 0; j < H; ++j) {
+  for (int64_t j = 0; j < n; ++j) {
     const T dh_total = kHasDy ? dh[j] + dy[j] : dh[j];
     da[j] = rnn_cell_backward<kAct>(h[j], dh_total);
     dh[j] = T(0);
@@ -74,19 +75,18 @@ __attribute__((always_inline)) inline void rnn_backward_row(int64_t H, const T* 
 }
 
 template <Nonlinearity kAct, typename T>
-__attribute__((always_inline)) inline void rnn_backward_rows_impl(const BackwardStep<T>& s,
-                                                                  int64_t b0, int64_t b1) {
-  const int64_t H = s.H;
-  for (int64_t b = b0; b < b1; ++b) {
-    T* da = s.dgx_t + b * H;
+__attribute__((always_inline)) inline void rnn_backward_slice_impl(const BackwardSlice<T>& s) {
+  const int64_t H = s.H, j0 = s.j0, n = s.n;
+  for (int64_t b = 0; b < s.B; ++b) {
+    const int64_t row = b * H + j0;
     if (!step_is_valid(s.t, length_of(s.lengths, b, s.T_steps))) {
-      std::fill_n(da, H, T(0));
+      std::fill_n(s.dgx_t + row, n, T(0));
       continue;
     }
     if (s.dy_t) {
-      rnn_backward_row<kAct, true>(H, s.y_t + b * H, s.dy_t + b * H, s.dh + b * H, da);
+      rnn_backward_row<kAct, true>(n, s.y_t + row, s.dy_t + row, s.dh + b * n, s.dgx_t + row);
     } else {
-      rnn_backward_row<kAct, false, T>(H, s.y_t + b * H, nullptr, s.dh + b * H, da);
+      rnn_backward_row<kAct, false, T>(n, s.y_t + row, nullptr, s.dh + b * n, s.dgx_t + row);
     }
   }
 }
@@ -100,12 +100,12 @@ void rnn_forward_slice(const ForwardSlice<double>& s) {
   rnn_forward_slice_impl<kAct>(s);
 }
 template <Nonlinearity kAct>
-FUSED_RNN_CPU_CLONES void rnn_backward_rows(const BackwardStep<float>& s, int64_t b0, int64_t b1) {
-  rnn_backward_rows_impl<kAct>(s, b0, b1);
+FUSED_RNN_CPU_CLONES void rnn_backward_slice(const BackwardSlice<float>& s) {
+  rnn_backward_slice_impl<kAct>(s);
 }
 template <Nonlinearity kAct>
-void rnn_backward_rows(const BackwardStep<double>& s, int64_t b0, int64_t b1) {
-  rnn_backward_rows_impl<kAct>(s, b0, b1);
+void rnn_backward_slice(const BackwardSlice<double>& s) {
+  rnn_backward_slice_impl<kAct>(s);
 }
 
 template <Nonlinearity kAct, typename T>
@@ -117,8 +117,8 @@ std::tuple<Tensor, Tensor> rnn_forward_impl(const Tensor& gx, const Tensor& w_hh
   Tensor h_prev = h0.clone();  // [B, H]; h_prev/h_next swap every step
   Tensor h_next = at::empty({B, H}, gx.options());
   const int64_t* len = data_or_null<int64_t>(lengths);
-  const UnitPartition part(H, 1, B * H * H);
-  SliceGemms slices(part, w_hh, B);
+  const Partition part(H, B * H * H);
+  ForwardGemms slices(part, w_hh, 1, B);
   for (int64_t s = 0; s < T_steps; ++s) {
     const int64_t t = time_at(s, T_steps, reverse);
     part.for_each([&](int64_t k) {
@@ -143,20 +143,29 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_impl(const optional<Tensor>& gra
                                                      bool reverse, const RecurrenceSizes& n) {
   const int64_t T_steps = n.T, B = n.B, H = n.H;
   Tensor grad_gx = empty_output({T_steps, B, H}, y.options());
-  Tensor dh = has(grad_h_n) ? grad_h_n->clone() : at::zeros({B, H}, y.options());
+  const std::vector<Tensor> dgx_steps = grad_gx.unbind(0);  // [B, H] views, made once
   const T* dy = data_or_null<T>(grad_y);
   const int64_t* len = data_or_null<int64_t>(lengths);
+  const Partition units(H, B * H * H);
+  BackwardState state(units, w_hh, grad_h_n, B);
   for (int64_t s = T_steps - 1; s >= 0; --s) {
     const int64_t t = time_at(s, T_steps, reverse);
-    BackwardStep<T> step{H, t, T_steps, y.data_ptr<T>() + t * B * H,
-                         dy ? dy + t * B * H : nullptr, dh.data_ptr<T>(),
-                         grad_gx.data_ptr<T>() + t * B * H, len};
-    parallel_rows(B, H, [&](int64_t b0, int64_t b1) { rnn_backward_rows<kAct>(step, b0, b1); });
-    Tensor grad_gx_t = grad_gx[t];
-    gemm(dh, grad_gx_t, w_hh, true);
+    const Tensor* dgx_after = s + 1 < T_steps ? &dgx_steps[time_at(s + 1, T_steps, reverse)] : nullptr;
+    units.for_each([&](int64_t k) {
+      if (dgx_after) state.add_recurrent(k, *dgx_after);
+      const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps,
+                                   y.data_ptr<T>() + t * B * H, dy ? dy + t * B * H : nullptr,
+                                   state.dh[k].data_ptr<T>(), grad_gx.data_ptr<T>() + t * B * H,
+                                   len};
+      rnn_backward_slice<kAct>(slice);
+    });
+  }
+  // The recurrent part of the first step's gradients reaches h0.
+  if (T_steps > 0) {
+    units.for_each([&](int64_t k) { state.add_recurrent(k, dgx_steps[time_at(0, T_steps, reverse)]); });
   }
   Tensor grad_w_hh = recurrent_weight_grad(grad_gx, y, h0, lengths, reverse);
-  return {grad_gx, grad_w_hh, dh};
+  return {grad_gx, grad_w_hh, state.gather()};
 }
 
 template <Nonlinearity kAct>
