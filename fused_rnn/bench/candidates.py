@@ -15,6 +15,9 @@ from fused_rnn import backends
 from .cases import Case
 from .layers import fused_layer
 
+#: The name torch.nn's own layers go by where they are listed beside the candidates.
+TORCH_NN = "torch.nn"
+
 #: Backends measured unless named: every concrete one but the slow reference loops.
 _NOT_BY_DEFAULT = ("auto", "reference")
 

@@ -17,7 +17,7 @@ import torch
 
 from . import candidates as candidates_module
 from . import cases as cases_module
-from . import results_csv, runner, table
+from . import environment, results_csv, runner, table
 from .candidates import Candidate
 
 DEFAULT_OUT = os.path.join("bench", "results")
@@ -134,17 +134,22 @@ def main(argv: Sequence[str] | None = None, *, extra_candidates: Mapping[str, Ca
               file=sys.stderr)
         return 1
 
-    from rich.console import Console
-
+    try:
+        from rich.console import Console
+    except ImportError:
+        print("python -m fused_rnn.bench needs rich: pip install 'fused_rnn[bench]'", file=sys.stderr)
+        return 2
     console = Console(stderr=True)
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     csv_path = os.path.join(args.out, results_csv.FILE_NAME)
+    custom = args.batch or args.hidden or args.seq_len or args.num_layers != 1 or args.bidirectional
     try:
         console.print(
-            f"fused_rnn benchmark on {device} ({runner.environment.device_name(device)}), "
-            f"grid {args.grid}, {', '.join(dtypes)}, backends {', '.join(c.name for c in chosen)}, "
+            f"fused_rnn benchmark on {device} ({environment.device_name(device)}), "
+            f"{'custom shapes' if custom else 'grid ' + args.grid}, {', '.join(dtypes)}, "
+            f"backends {', '.join(c.name for c in chosen)}, "
             f"{total} measurements, {settings.repeats} repeats"
             + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""),
             highlight=False,
@@ -158,17 +163,27 @@ def main(argv: Sequence[str] | None = None, *, extra_candidates: Mapping[str, Ca
     table.show(rows, title)
     console.print(f"appended {len(rows)} rows to {csv_path}", highlight=False)
     if not args.no_plot:
-        from .plots import plot_csv
-
-        for path in plot_csv(csv_path, os.path.join(args.out, "plots")):
-            console.print(f"plot: {path}", highlight=False)
+        _plot(csv_path, os.path.join(args.out, "plots"), console)
     failed = sum(row["status"] != "OK" for row in rows)
     if failed:
         console.print(f"[bold red]{failed} configuration(s) FAILED the correctness gate[/bold red]")
     return 1 if failed else 0
 
 
+def _plot(csv_path: str, out_dir: str, console) -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        console.print("no plots: matplotlib is not installed (pip install 'fused_rnn[bench]')")
+        return
+    from .plots import plot_csv
+
+    for path in plot_csv(csv_path, out_dir):
+        console.print(f"plot: {path}", highlight=False)
+
+
 def _run_with_progress(cases, chosen, settings, total, console) -> list[dict]:
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -176,7 +191,7 @@ def _run_with_progress(cases, chosen, settings, total, console) -> list[dict]:
         task = progress.add_task("starting", total=total)
 
         def on_start(case, candidate):
-            progress.update(task, description=f"{case.id} [{candidate.name}]")
+            progress.update(task, description=escape(f"{case.id} on {candidate.name}"))
 
         def on_row(row):
             progress.advance(task)

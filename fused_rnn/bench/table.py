@@ -82,6 +82,7 @@ def build(rows: Sequence[dict], title: str):
 def show(rows: Sequence[dict], title: str, console=None) -> None:
     """Prints the table, then why each FAILED row failed."""
     from rich.console import Console
+    from rich.text import Text
 
     if console is None:
         console = Console()
@@ -91,8 +92,6 @@ def show(rows: Sequence[dict], title: str, console=None) -> None:
     console.print(build(rows, title))
     for row in rows:
         if row["status"] != "OK":
-            console.print(
-                f"[bold red]FAILED[/bold red] {row['cell']} {row['mode']} {row['dtype']} "
-                f"{_shape(row)} backend={row['backend']}: {row.get('note', '')}",
-                highlight=False,
-            )
+            where = f" {row['cell']} {row['mode']} {row['dtype']} {_shape(row)} backend={row['backend']}: "
+            # Text, not markup: a note may hold brackets.
+            console.print(Text.assemble(("FAILED", "bold red"), where, row.get("note", "")))
