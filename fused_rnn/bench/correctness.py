@@ -68,13 +68,13 @@ def _results(layer: nn.Module, x: Tensor, mode: str, param_names: list[str]) -> 
         raise RuntimeError(f"the layer has {len(params)} parameters, torch.nn's has {len(param_names)}")
     output, states = layer(x)
     outs = (output, *_as_tuple(states))
-    generator = torch.Generator().manual_seed(_GRAD_SEED)
+    generator = torch.Generator(device=x.device).manual_seed(_GRAD_SEED)
     loss = 0
     for out in outs:
         # Reduce in at least fp32 (fp64 stays fp64), so the loss adds no low-precision error.
         acc = torch.promote_types(out.dtype, torch.float32)
-        weight = torch.randn(out.shape, generator=generator).to(device=out.device, dtype=acc)
-        loss = loss + (out.to(acc) * weight).sum()
+        weight = torch.randn(out.shape, generator=generator, device=out.device, dtype=torch.float32)
+        loss = loss + (out.to(acc) * weight.to(acc)).sum()
     grads = torch.autograd.grad(loss, [x, *params])
     named = dict(zip(_STATE_NAMES, (t.detach() for t in outs)))
     named["grad input"] = grads[0]
@@ -103,11 +103,15 @@ def _describe(error: BaseException) -> str:
     return text[:200]
 
 
-def check(case: Case, reference: nn.Module, candidate: nn.Module, device: torch.device) -> GateResult:
+def check(
+    case: Case, reference: nn.Module, candidate: nn.Module, device: torch.device, x: Tensor | None = None
+) -> GateResult:
     """Runs the gate for one case: ``reference`` is the torch.nn layer, ``candidate`` the fused
-    layer with the same weights (both on ``device`` in the case's dtype)."""
+    layer with the same weights (both on ``device`` in the case's dtype), ``x`` the input
+    (default: the case's, from :func:`make_input`)."""
     param_names = [name for name, _ in reference.named_parameters()]
-    x = make_input(case, device)
+    if x is None:
+        x = make_input(case, device)
     try:
         expected = _results(reference, x, case.mode, param_names)
     except Exception as error:  # noqa: BLE001 - reported in the row, not raised

@@ -62,9 +62,12 @@ def _cpu_peak(fn: Callable[[], object]) -> int | None:
     except ImportError:
         return None
     profiler = torch.autograd.profiler.profile(use_cpu=True, profile_memory=True, use_kineto=True)
-    with _stderr_silenced():
-        with profiler:
+    try:
+        with _stderr_silenced(), profiler:
             fn()
+    except RuntimeError:
+        # A profiler already running (the caller's own) cannot be nested: no measurement.
+        return None
     results = getattr(profiler, "kineto_results", None)
     if results is None:
         return None

@@ -55,9 +55,12 @@ def _timing_columns(case: Case, fused_ms: float, torch_ms: float) -> dict:
     }
 
 
-def measure(case: Case, candidate: Candidate, settings: Settings) -> dict:
-    """One row: gate, and if it passed, time and memory of the candidate and of torch.nn."""
+def measure(case: Case, candidate: Candidate, settings: Settings, x: torch.Tensor | None = None) -> dict:
+    """One row: gate, and if it passed, time and memory of the candidate and of torch.nn.
+    ``x``: the case's input, when the caller already made it (the same for every candidate)."""
     device = settings.device
+    if x is None:
+        x = make_input(case, device)
     row = {
         **_shape_columns(case),
         "backend": candidate.name,
@@ -71,7 +74,7 @@ def measure(case: Case, candidate: Candidate, settings: Settings) -> dict:
     except Exception as error:  # noqa: BLE001 - a backend that cannot build is a failed row
         gate = correctness.GateResult(False, float("nan"), note=f"could not be built: {error}"[:200])
     else:
-        gate = correctness.check(case, reference, fused, device)
+        gate = correctness.check(case, reference, fused, device, x)
     row.update(
         max_abs_err=gate.max_abs_err,
         torch_max_abs_err=gate.torch_max_abs_err,
@@ -80,15 +83,14 @@ def measure(case: Case, candidate: Candidate, settings: Settings) -> dict:
     )
     if gate.ok:
         try:
-            row.update(_time_and_memory(case, fused, reference, settings))
+            row.update(_time_and_memory(case, fused, reference, x, settings))
         except Exception as error:  # noqa: BLE001 - e.g. out of memory at a large shape
             row.update(status="FAILED", note=f"raised while timing: {error}"[:200])
     row["timestamp"] = now()
     return row
 
 
-def _time_and_memory(case: Case, fused, reference, settings: Settings) -> dict:
-    x = make_input(case, settings.device)
+def _time_and_memory(case: Case, fused, reference, x: torch.Tensor, settings: Settings) -> dict:
     fused_step = make_step(case.mode, fused, x)
     torch_step = make_step(case.mode, reference, x)
     fused_ms, torch_ms = timing.median_ms(
@@ -116,12 +118,15 @@ def run(
     rows = []
     with strict_fp32():
         for case in cases:
+            x = None
             for candidate in candidates:
                 if not candidate.supports(case, settings.device):
                     continue
                 if on_start is not None:
                     on_start(case, candidate)
-                row = {**base, **measure(case, candidate, settings)}
+                if x is None:
+                    x = make_input(case, settings.device)
+                row = {**base, **measure(case, candidate, settings, x)}
                 rows.append(row)
                 if on_row is not None:
                     on_row(row)
