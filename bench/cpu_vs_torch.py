@@ -1,9 +1,11 @@
-"""fused_rnn's CPU kernels against torch.nn on the CPU, side by side in one process.
+"""fused_rnn's CPU kernels against torch.nn on the CPU, side by side: the ratio table.
 
-Same weights, a fixed thread count, medians of interleaved runs (fused, torch, fused, torch,
-...), so that a busy or throttled machine slows both alike. Prints the times and the ratios
-torch / fused (above 1: fused_rnn is faster) for inference (no_grad forward) and a training
-step (forward + backward), and the peak memory of a training step.
+Runs the CPU grid of the benchmark (``python -m fused_rnn.bench --device cpu``: batch {1, 32},
+hidden {128, 256}, T=100, input = hidden) for the ``cpu`` backend, with the benchmark's own
+correctness gate, interleaved median timing at a fixed thread count and peak memory, and prints
+one line per shape with inference and training-step ratios (torch.nn time / fused_rnn time:
+above 1, fused_rnn is faster). Nothing is written to disk; for the CSV and plots use
+``python -m fused_rnn.bench --device cpu``.
 
     python bench/cpu_vs_torch.py [--threads 2] [--repeats 15]
 """
@@ -11,112 +13,59 @@ step (forward + backward), and the peak memory of a training step.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
-import os
-import statistics
-import time
 
 import torch
 
-import fused_rnn
-
-# (cell, batch, hidden, seq_len); input_size = hidden
-CASES = [
-    (cell, batch, hidden, 100)
-    for cell in ("lstm", "gru", "rnn")
-    for batch in (1, 32)
-    for hidden in (128, 256)
-]
-
-LAYERS = {
-    "lstm": (fused_rnn.LSTM, torch.nn.LSTM),
-    "gru": (fused_rnn.GRU, torch.nn.GRU),
-    "rnn": (fused_rnn.RNN, torch.nn.RNN),
-}
+from fused_rnn.bench import cases as bench_cases
+from fused_rnn.bench import runner
+from fused_rnn.bench.candidates import fused_backend
 
 
-def interleaved_medians(fns, repeats: int, warmup: int = 2) -> list[float]:
-    """Median milliseconds of each function, timed round-robin."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[i].append((time.perf_counter() - start) * 1e3)
-    return [statistics.median(t) for t in times]
-
-
-@contextlib.contextmanager
-def stderr_silenced():
-    """The profiler's C++ side prints start/stop lines straight to file descriptor 2."""
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def peak_training_memory_mb(layer, x) -> float:
-    """Peak bytes held by CPU tensors during one forward+backward, from the profiler's memory
-    events (allocations minus frees, running maximum)."""
-    gc.collect()
-    with stderr_silenced(), torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-    ) as prof:
-        layer(x)[0].sum().backward()
-    current = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        current += event.cpu_memory_usage
-        peak = max(peak, current)
-    return peak / 2**20
-
-
-def main():
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
 
-    header = f"{'cell':5} {'B':>3} {'H':>4} | {'fwd torch':>9} {'fwd fused':>9} {'ratio':>6} | {'train torch':>11} {'train fused':>11} {'ratio':>6} | {'peak MB t/f':>12}"
-    print(f"threads={args.threads}, T=100, input=hidden, times in ms (medians of {args.repeats} interleaved runs)")
+    device = torch.device("cpu")
+    shapes = bench_cases.grid_shapes("cpu", "full")
+    cases = bench_cases.make_cases(shapes, ["lstm", "gru", "rnn_tanh"], ["fp32"], list(bench_cases.MODES))
+    candidates = [fused_backend("cpu")]
+    settings = runner.Settings(device=device, repeats=args.repeats, warmup=2)
+    rows = runner.run(cases, candidates, settings)
+
+    by_shape: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        key = (row["cell"], row["batch"], row["hidden_size"], row["num_layers"], row["bidirectional"])
+        by_shape.setdefault(key, {})[row["mode"]] = row
+
+    def cell(row, column, fmt):
+        return format(row[column], fmt) if row and row.get(column) is not None else "-"
+
+    print(f"threads={args.threads}, T=100, input=hidden, fp32; ms are medians of {args.repeats} interleaved runs")
+    header = (
+        f"{'cell':8} {'B':>3} {'H':>4} {'layers':>8} | {'fwd torch':>9} {'fused':>7} {'ratio':>6} | "
+        f"{'train torch':>11} {'fused':>7} {'ratio':>6} | {'train peak MiB torch/fused':>26}"
+    )
     print(header)
     print("-" * len(header))
-    for cell, batch, hidden, seq_len in CASES:
-        fused_cls, torch_cls = LAYERS[cell]
-        reference = torch_cls(hidden, hidden)
-        fused = fused_cls(hidden, hidden, backend="cpu")
-        fused.load_state_dict(reference.state_dict())
-        x = torch.randn(seq_len, batch, hidden)
-        x_train = x.clone().requires_grad_()
-
-        def infer(layer):
-            with torch.no_grad():
-                layer(x)
-
-        def train(layer):
-            layer(x_train)[0].sum().backward()
-
-        fwd_fused, fwd_torch = interleaved_medians([lambda: infer(fused), lambda: infer(reference)], args.repeats)
-        train_fused, train_torch = interleaved_medians(
-            [lambda: train(fused), lambda: train(reference)], max(5, args.repeats // 2)
-        )
-        mem_torch = peak_training_memory_mb(reference, x_train)
-        mem_fused = peak_training_memory_mb(fused, x_train)
+    failed = 0
+    for (name, batch, hidden, layers, bidirectional), modes in by_shape.items():
+        fwd, train = modes.get("fwd"), modes.get("fwd+bwd")
+        failed += sum(r["status"] != "OK" for r in modes.values())
+        stack = f"{layers}{' bi' if bidirectional else ''}"
         print(
-            f"{cell:5} {batch:>3} {hidden:>4} | {fwd_torch:9.2f} {fwd_fused:9.2f} {fwd_torch / fwd_fused:6.2f} | "
-            f"{train_torch:11.2f} {train_fused:11.2f} {train_torch / train_fused:6.2f} | "
-            f"{mem_torch:5.1f}/{mem_fused:<5.1f}"
+            f"{name:8} {batch:>3} {hidden:>4} {stack:>8} | {cell(fwd, 'torch_ms', '9.2f')} "
+            f"{cell(fwd, 'fused_ms', '7.2f')} {cell(fwd, 'speedup', '6.2f')} | "
+            f"{cell(train, 'torch_ms', '11.2f')} {cell(train, 'fused_ms', '7.2f')} "
+            f"{cell(train, 'speedup', '6.2f')} | "
+            f"{cell(train, 'torch_peak_mb', '12.1f')} / {cell(train, 'fused_peak_mb', '<11.1f')}"
         )
+    if failed:
+        print(f"{failed} configuration(s) FAILED the correctness gate (see python -m fused_rnn.bench)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -5,8 +5,11 @@
 //                     one pass over the slice: r, z, n (b_hh added here), h_next, y_t, workspace
 // Backward, per step, on the same slices: dh[:, units] += dgh[t+1] @ w_hh[:, units] (the
 //                     recurrent part from the step after, one GEMM), then one pass over the
-//                     slice: grad_gx[t], dgh[t] and the direct part dh * z
-// grad_w_hh and grad_b_hh come from dgh of all steps after the loop.
+//                     slice: dgh[t], the n-part of grad_gx[t] and the direct part dh * z
+// dgh (the gradient of the recurrent product) differs from grad_gx only in its n-part
+// (dgx_n * r): the loop keeps dgh in grad_gx's buffer and dgx_n aside, grad_w_hh and grad_b_hh
+// are taken from dgh after the loop, and then dgx_n is copied in. One [T, B, H] buffer instead
+// of a second [T, B, 3H].
 #include <torch/library.h>
 
 #include "cpu/cpu_common.h"
@@ -91,23 +94,21 @@ struct BackwardSlice {
   const T* h0;      // [B, H]
   const T* dy_t;    // [B, H] or nullptr
   T* dh;            // [B, n] in: gradient reaching h_t; out on real steps: its direct part dh*z
-  T* dgx_t;         // [B, 3H]
-  T* dgh_t;         // [B, 3H] gradient of the recurrent product (+ b_hh)
+  T* dgh_t;         // [B, 3H] gradient of the recurrent product (+ b_hh): (dx_r, dx_z, dx_n * r)
+  T* dgx_n_t;       // [B, H] dx_n, the n-part of grad_gx
   const int64_t* lengths;
 };
 
 template <bool kHasDy, typename T>
 __attribute__((always_inline)) inline void gru_backward_row(
     int64_t n, int64_t H, const T* __restrict__ w, const T* __restrict__ h_prev,
-    const T* __restrict__ dy, T* __restrict__ dh, T* __restrict__ dx, T* __restrict__ dg) {
+    const T* __restrict__ dy, T* __restrict__ dh, T* __restrict__ dg, T* __restrict__ dx_n) {
   for (int64_t j = 0; j < n; ++j) {
     const GRUGates<T> gate{w[j], w[H + j], w[2 * H + j]};
     const T dh_total = kHasDy ? dh[j] + dy[j] : dh[j];
     GRUGates<T> d;
     dh[j] = gru_cell_backward(gate, w[3 * H + j], h_prev[j], dh_total, d);
-    dx[j] = d.r;
-    dx[H + j] = d.z;
-    dx[2 * H + j] = d.n;
+    dx_n[j] = d.n;
     dg[j] = d.r;
     dg[H + j] = d.z;
     dg[2 * H + j] = d.n * gate.r;
@@ -118,14 +119,12 @@ template <typename T>
 __attribute__((always_inline)) inline void gru_backward_slice_impl(const BackwardSlice<T>& s) {
   const int64_t B = s.B, H = s.H, j0 = s.j0, n = s.n, t = s.t;
   for (int64_t b = 0; b < B; ++b) {
-    T* dx = s.dgx_t + b * 3 * H + j0;
     T* dg = s.dgh_t + b * 3 * H + j0;
+    T* dx_n = s.dgx_n_t + b * H + j0;
     const int64_t length = length_of(s.lengths, b, s.T_steps);
     if (!step_is_valid(t, length)) {
-      for (int64_t k = 0; k < 3; ++k) {
-        std::fill_n(dx + k * H, n, T(0));
-        std::fill_n(dg + k * H, n, T(0));
-      }
+      for (int64_t k = 0; k < 3; ++k) std::fill_n(dg + k * H, n, T(0));
+      std::fill_n(dx_n, n, T(0));
       continue;
     }
     const int64_t row = b * H + j0;
@@ -134,9 +133,9 @@ __attribute__((always_inline)) inline void gru_backward_slice_impl(const Backwar
                           ? s.h0 + row
                           : s.y + prev_time(t, s.reverse) * B * H + row;
     if (s.dy_t) {
-      gru_backward_row<true>(n, H, w, h_prev, s.dy_t + row, s.dh + b * n, dx, dg);
+      gru_backward_row<true>(n, H, w, h_prev, s.dy_t + row, s.dh + b * n, dg, dx_n);
     } else {
-      gru_backward_row<false, T>(n, H, w, h_prev, nullptr, s.dh + b * n, dx, dg);
+      gru_backward_row<false, T>(n, H, w, h_prev, nullptr, s.dh + b * n, dg, dx_n);
     }
   }
 }
@@ -198,7 +197,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   const int64_t T_steps = n.T, B = n.B, H = n.H;
   const auto opts = y.options();
   Tensor grad_gx = empty_output({T_steps, B, 3 * H}, opts);
-  Tensor dgh = empty_output({T_steps, B, 3 * H}, opts);
+  Tensor& dgh = grad_gx;  // holds dgh until the end, see the top of the file
+  Tensor dgx_n = empty_output({T_steps, B, H}, opts);
   const std::vector<Tensor> dgh_steps = dgh.unbind(0);  // [B, 3H] views, made once
   const T* dy = data_or_null<T>(grad_y);
   const int64_t* len = data_or_null<int64_t>(lengths);
@@ -213,8 +213,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
       const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps, reverse,
                                    gates.data_ptr<T>(), y.data_ptr<T>(), h0.data_ptr<T>(),
                                    dy ? dy + t * B * H : nullptr, state.dh[k].data_ptr<T>(),
-                                   grad_gx.data_ptr<T>() + t * B * 3 * H,
-                                   dgh_steps[t].data_ptr<T>(), len};
+                                   dgh_steps[t].data_ptr<T>(),
+                                   dgx_n.data_ptr<T>() + t * B * H, len};
       gru_backward_slice(slice);
     });
   }
@@ -224,6 +224,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   }
   Tensor grad_w_hh = recurrent_weight_grad(dgh, y, h0, lengths, reverse);
   Tensor grad_b_hh = dgh.reshape({-1, 3 * H}).sum(0);
+  grad_gx.narrow(2, 2 * H, H).copy_(dgx_n);
   return {grad_gx, grad_w_hh, grad_b_hh, state.gather()};
 }
 
