@@ -17,10 +17,11 @@ import os
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
 from ._barrier import SYNC_GRID
-from ._layout import Layout, allow_tf32, upcast_dot
+from ._layout import Layout, allow_tf32, interpreting, upcast_dot
 
 
 def empty_output(shape, like: Tensor) -> Tensor:
@@ -63,6 +64,13 @@ def layout_constexprs(layout: Layout, dtype: torch.dtype) -> dict:
     )
 
 
+def _capturing_graph() -> bool:
+    """Whether torch.compile / AOT dispatch is tracing the op into a graph right now."""
+    modes = (torch._C._TorchDispatchModeKey.FUNCTIONAL, torch._C._TorchDispatchModeKey.PROXY)
+    return torch.compiler.is_compiling() or any(
+        torch._C._get_dispatch_mode(mode) is not None for mode in modes)
+
+
 def launch_recurrence(
     kernel,
     layout: Layout,
@@ -77,6 +85,17 @@ def launch_recurrence(
 ) -> None:
     """Runs ``kernel`` over all T steps in ``layout``; ``args`` are the arguments up to and
     including the counter pointer, ``dtype`` the storage dtype, ``constexprs`` the cell's own."""
+    if interpreting() and any(isinstance(a, Tensor) and is_fake(a) for a in args):
+        # Under the interpreter wrap_triton hands the kernel back unwrapped (an interpreted
+        # kernel cannot be traced), so fake tensors (shape propagation: opcheck, meta) would
+        # reach it. The outputs' shapes are all there is to compute then, unless a graph is
+        # being captured, which would then silently lack the kernels.
+        if _capturing_graph():
+            raise RuntimeError(
+                "fused_rnn triton ops cannot be compiled under TRITON_INTERPRET=1 (interpreted "
+                "kernels are invisible to torch.compile); compile on a GPU"
+            )
+        return
     launcher = wrap_triton(kernel)[layout.grid]
     options = dict(constexprs, **layout_constexprs(layout, dtype))
     if layout.name == "stepwise":

@@ -15,6 +15,7 @@ Overrides for tests and tuning (read at every call):
   FUSED_RNN_TRITON_BLOCK_H  hidden units per program (power of two >= 16)
   FUSED_RNN_TRITON_WEIGHTS  auto | resident | streamed  (w_hh slice kept on chip or re-read)
   FUSED_RNN_TRITON_BLOCK_K  contraction slice of the streamed product (power of two >= 16)
+  FUSED_RNN_TRITON_BLOCK_B  batch rows per program (power of two >= 16)
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def choose_layout(gates: int, B: int, H: int, dtype: torch.dtype, device: torch.
     """Layout of one call: ``gates`` weight blocks of [H, H] (4 LSTM, 3 GRU, 1 RNN)."""
     element = torch.empty((), dtype=dtype).element_size()
     h_pad = max(MIN_BLOCK, triton.next_power_of_2(H))
-    block_b = min(MAX_BLOCK_B, max(MIN_BLOCK_B, triton.next_power_of_2(B)))
+    block_b = _env_block("FUSED_RNN_TRITON_BLOCK_B") or min(
+        MAX_BLOCK_B, max(MIN_BLOCK_B, triton.next_power_of_2(B)))
     n_batch_tiles = triton.cdiv(B, block_b)
 
     forced = _env_choice("FUSED_RNN_TRITON_LAYOUT", LAYOUTS)
