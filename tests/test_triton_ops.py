@@ -269,16 +269,16 @@ def test_layout_selection_rules(monkeypatch):
     # The whole w_hh fits one program: h stays in registers, no barrier.
     assert layout(lstm, 16, 64) == ("single", 16, 64, 1, True)
     assert layout(lstm, 1, 3) == ("single", 16, 16, 1, True)      # tl.dot needs 16 rows
+    assert layout(lstm, 64 * 200, 64) == ("single", 16, 64, 1, True)
     # Split hidden units, weights on chip, one persistent launch with a grid barrier.
     assert layout(lstm, 16, 768) == ("persistent", 16, 16, 48, True)
-    assert layout(gru, 64, 1024) == ("persistent", 64, 16, 64, True)
+    # A 64-row tile would not leave shared memory for the slice: two 32-row tiles.
+    assert layout(gru, 64, 1024) == ("persistent", 32, 16, 64, True)
     # Slices too large for the chip even at 16 units: streamed from L2.
     assert layout(lstm, 16, 2048) == ("persistent", 16, 16, 128, False)
     assert layout(lstm, 16, 768, torch.float32) == ("persistent", 16, 16, 48, False)
-    # Many batch tiles share the SMs: wider slices.
-    assert layout(lstm, 1024, 768) == ("persistent", 64, 128, 6, False)
-    # More batch tiles than SMs: one program per tile.
-    assert layout(lstm, 64 * 200, 256)[0] == "single"
+    # More batch than resident programs can cover: one launch per step.
+    assert layout(lstm, 1024, 768) == ("stepwise", 64, 16, 48, False)
 
     # The interpreter runs programs one after another: split units run stepwise there, and a
     # forced persistent split is refused instead of deadlocking.

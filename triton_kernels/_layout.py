@@ -30,16 +30,26 @@ from ._barrier import SYNC_GRID, SYNC_NONE, SYNC_PROGRAM
 
 LAYOUTS = ("single", "persistent", "stepwise")
 
-#: Bytes of w_hh one program may hold on chip (registers) for the whole sequence. One program
-#: per SM runs in the split layouts, so this is a share of the 256 KiB register file.
-RESIDENT_WEIGHT_BYTES = 128 * 1024
-#: The single layout keeps the whole w_hh in one program: worth it (no barrier at all) only
-#: while the per-step product stays small.
+# Budgets of one program (8 warps, one program per SM), measured on the sm_90 compilation
+# (ptxas register and spill report, Triton's shared-memory size) of these kernels:
+#: The whole w_hh in one program (single layout): no barrier at all, worth it while small.
 SINGLE_WEIGHT_BYTES = 64 * 1024
+#: A program's w_hh slice kept on chip (Triton stages it in shared memory, hoisted out of the
+#: step loop) ...
+RESIDENT_WEIGHT_BYTES = 160 * 1024
+#: ... together with the staging of the [BLOCK_B, H_PAD] operand for the tensor cores, within
+#: the 227 KiB of shared memory an H100 block can have, with room for layout conversions.
+SHARED_MEMORY_BYTES = 200 * 1024
+#: Elements of the staged operand: beyond this its registers make the backward spill.
+OPERAND_ELEMENTS = 32 * 1024
+#: gates x BLOCK_B x BLOCK_H fp32 accumulators (and as many gate values) per program.
+TILE_ELEMENTS = 4096
 #: Batch rows per program: tl.dot needs >= 16; larger tiles share one weight slice among
 #: more rows (fewer programs for the same work).
 MIN_BLOCK_B, MAX_BLOCK_B = 16, 64
 MIN_BLOCK = 16
+#: Contraction slice of the streamed product.
+STREAM_BLOCK_K = 64
 
 
 def interpreting() -> bool:
@@ -105,53 +115,99 @@ def _resident_programs(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _num_warps(weight_bytes: int, block_b: int, block_h: int) -> int:
-    # Enough warps that the weight slice takes about 64 32-bit registers a thread.
-    registers = max(weight_bytes // 4, block_b * block_h * 4)
-    return max(4, min(8, triton.next_power_of_2(registers // (64 * 32))))
+def _num_warps(gates: int, block_b: int, block_h: int, h_pad: int) -> int:
+    # Small programs synchronise fewer warps at every bar.sync; larger ones need the registers.
+    small = gates * block_b * block_h <= TILE_ELEMENTS // 2 and block_b * h_pad <= 4096
+    return 4 if small else 8
+
+
+def _floor_power_of_2(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    block_b: int
+    block_h: int
+    resident: bool
+
+
+def _automatic_plan(gates: int, B: int, H: int, h_pad: int, element: int, programs: int,
+                    block_bs: list[int], forced_block_h: int | None) -> tuple[str, _Plan]:
+    """The selection rule of README.md: (layout name, plan) before overrides."""
+
+    def fits_chip(block_b: int, block_h: int) -> bool:
+        weights = gates * h_pad * block_h * element
+        return (weights <= RESIDENT_WEIGHT_BYTES and block_b * h_pad <= OPERAND_ELEMENTS
+                and weights + block_b * h_pad * element <= SHARED_MEMORY_BYTES)
+
+    # 1. The whole w_hh fits one program: no exchange, no barrier, h stays in registers.
+    if forced_block_h is None and gates * h_pad * h_pad * element <= SINGLE_WEIGHT_BYTES:
+        for block_b in block_bs:
+            if gates * block_b * h_pad <= TILE_ELEMENTS and fits_chip(block_b, h_pad):
+                return "single", _Plan(block_b, h_pad, True)
+
+    # 2. Hidden units split over the programs of a batch tile, as many programs as can be
+    # resident (the most on-chip weight storage), the largest batch tile whose weight slice
+    # stays on chip, else the largest whose accumulators fit (weights streamed from L2).
+    plans = []
+    for block_b in block_bs:
+        per_tile = max(1, programs // triton.cdiv(B, block_b))
+        block_h = forced_block_h or MIN_BLOCK
+        while forced_block_h is None and block_h < h_pad and triton.cdiv(H, block_h) > per_tile:
+            block_h *= 2
+        block_h = min(block_h, h_pad)
+        if gates * block_b * block_h <= TILE_ELEMENTS or forced_block_h is not None:
+            plans.append(_Plan(block_b, block_h, fits_chip(block_b, block_h)))
+    plan = next((p for p in plans if p.resident), plans[0] if plans else None)
+    if plan is None:
+        # 3. More batch than resident programs can cover with small tiles: the largest batch
+        # tile, the widest slice whose accumulators fit, one launch per step.
+        block_b = block_bs[0]
+        block_h = max(MIN_BLOCK, min(h_pad, _floor_power_of_2(TILE_ELEMENTS // (gates * block_b))))
+        plan = _Plan(block_b, block_h, fits_chip(block_b, block_h))
+    n_slices = triton.cdiv(H, plan.block_h)
+    if n_slices == 1:
+        return "single", plan
+    if triton.cdiv(B, plan.block_b) * n_slices <= programs and not interpreting():
+        return "persistent", plan
+    return "stepwise", plan
 
 
 def choose_layout(gates: int, B: int, H: int, dtype: torch.dtype, device: torch.device) -> Layout:
     """Layout of one call: ``gates`` weight blocks of [H, H] (4 LSTM, 3 GRU, 1 RNN)."""
     element = torch.empty((), dtype=dtype).element_size()
     h_pad = max(MIN_BLOCK, triton.next_power_of_2(H))
-    block_b = _env_block("FUSED_RNN_TRITON_BLOCK_B") or min(
-        MAX_BLOCK_B, max(MIN_BLOCK_B, triton.next_power_of_2(B)))
-    n_batch_tiles = triton.cdiv(B, block_b)
-
     forced = _env_choice("FUSED_RNN_TRITON_LAYOUT", LAYOUTS)
     weights = _env_choice("FUSED_RNN_TRITON_WEIGHTS", ("resident", "streamed"))
+    forced_block_b = _env_block("FUSED_RNN_TRITON_BLOCK_B")
     forced_block_h = _env_block("FUSED_RNN_TRITON_BLOCK_H")
     forced_block_k = _env_block("FUSED_RNN_TRITON_BLOCK_K")
+    programs = _resident_programs(device)
 
-    def slice_bytes(block_h: int) -> int:
-        return gates * h_pad * block_h * element
-
-    if forced == "single" or (forced == "auto" and forced_block_h is None
-                              and slice_bytes(h_pad) <= SINGLE_WEIGHT_BYTES):
-        name, block_h = "single", h_pad
+    if forced_block_b is not None:
+        block_bs = [forced_block_b]
     else:
-        if forced_block_h is not None:
-            block_h = min(forced_block_h, h_pad)
-        else:
-            # Smallest slice whose grid is still resident: the most programs (on-chip weight
-            # storage and parallel work) the persistent launch can have.
-            programs = max(1, _resident_programs(device) // n_batch_tiles)
-            block_h = MIN_BLOCK
-            while block_h < h_pad and triton.cdiv(H, block_h) > programs:
-                block_h *= 2
-        n_slices = triton.cdiv(H, block_h)
-        if forced in ("persistent", "stepwise"):
-            name = forced
-        elif n_slices == 1:
-            name = "single"
-        elif n_batch_tiles * n_slices <= _resident_programs(device) and not interpreting():
-            name = "persistent"
-        else:
-            name = "stepwise"
-    n_slices = triton.cdiv(H, block_h) if name != "single" else 1
-    if name == "single":
-        block_h = h_pad
+        block_bs = [min(MAX_BLOCK_B, max(MIN_BLOCK_B, triton.next_power_of_2(B)))]
+        while block_bs[-1] > MIN_BLOCK_B:
+            block_bs.append(block_bs[-1] // 2)
+    if forced_block_h is not None:
+        forced_block_h = min(forced_block_h, h_pad)
+    name, plan = _automatic_plan(gates, B, H, h_pad, element, programs, block_bs,
+                                 None if forced == "single" else forced_block_h)
+    block_b, block_h, resident = plan.block_b, plan.block_h, plan.resident
+    if forced == "single":
+        name, block_h = "single", h_pad
+        resident = gates * h_pad * h_pad * element <= SINGLE_WEIGHT_BYTES
+        # The largest batch tile whose accumulators fit (else the smallest).
+        block_b = next((b for b in block_bs if gates * b * h_pad <= TILE_ELEMENTS), block_bs[-1])
+    elif forced != "auto":
+        name = forced
+    if weights != "auto":
+        resident = weights == "resident"
+    n_batch_tiles = triton.cdiv(B, block_b)
+    n_slices = triton.cdiv(H, block_h)
+
     if name == "persistent" and n_slices > 1:
         if interpreting():
             raise RuntimeError(
@@ -159,21 +215,12 @@ def choose_layout(gates: int, B: int, H: int, dtype: torch.dtype, device: torch.
                 "needs a GPU (the interpreter runs programs one after another, so its grid "
                 "barrier would never open); use FUSED_RNN_TRITON_LAYOUT=stepwise"
             )
-        if n_batch_tiles * n_slices > _resident_programs(device):
+        if n_batch_tiles * n_slices > programs:
             raise RuntimeError(
                 f"fused_rnn triton: a persistent grid of {n_batch_tiles * n_slices} programs "
-                f"cannot be resident on {device} ({_resident_programs(device)} SMs)"
+                f"cannot be resident on {device} ({programs} SMs)"
             )
-
-    if weights == "auto":
-        resident = slice_bytes(block_h) <= max(RESIDENT_WEIGHT_BYTES, SINGLE_WEIGHT_BYTES)
-    else:
-        resident = weights == "resident"
-    if resident:
-        block_k = h_pad
-    else:
-        block_k = min(h_pad, forced_block_k or 64)
-    weight_bytes = slice_bytes(block_h) if resident else gates * block_k * block_h * element
+    block_k = h_pad if resident else min(h_pad, forced_block_k or STREAM_BLOCK_K)
     return Layout(
         name=name,
         block_b=block_b,
@@ -183,7 +230,7 @@ def choose_layout(gates: int, B: int, H: int, dtype: torch.dtype, device: torch.
         weights_resident=resident,
         n_batch_tiles=n_batch_tiles,
         n_slices=n_slices,
-        num_warps=_num_warps(weight_bytes, block_b, block_h),
+        num_warps=_num_warps(gates, block_b, block_h, h_pad),
     )
 
 

@@ -96,7 +96,9 @@ def gru_forward_kernel(
 
     gx_row = offs_b[:, None] * (3 * H) + offs_j[None, :]
     gates_row = offs_b[:, None] * (4 * H) + offs_j[None, :]
-    for s in range(step_begin, step_end):
+    # num_stages=1: the step loop must not be software-pipelined: a prefetch of the next
+    # step's operand would run ahead of the barrier that makes it valid.
+    for s in tl.range(step_begin, step_end, num_stages=1):
         t = step_time(s, T, REVERSE)
         gx_t = gx_ptr + t.to(tl.int64) * B * (3 * H) + gx_row
         x_r = to_compute(tl.load(gx_t + 0 * H, mask=mask, other=0.0), FP64)
@@ -210,7 +212,9 @@ def gru_backward_kernel(
 
     gx_row = offs_b[:, None] * (3 * H) + offs_j[None, :]
     gates_row = offs_b[:, None] * (4 * H) + offs_j[None, :]
-    for r in range(step_begin, step_end):
+    # num_stages=1: the step loop must not be software-pipelined: a prefetch of the next
+    # step's operand would run ahead of the barrier that makes it valid.
+    for r in tl.range(step_begin, step_end, num_stages=1):
         if not OPERAND_IN_REGISTERS:
             # Recurrent part of dh from the step processed before (zeros at r = 0).
             src = xchg_ptr + (r % 2) * xchg_half

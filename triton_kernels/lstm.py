@@ -92,7 +92,9 @@ def lstm_forward_kernel(
         w_o = load_weight_tile(w_ptr + 3 * H * H, 0, offs_j, mask_j, H, True, H_PAD)
 
     gx_row = offs_b[:, None] * (4 * H) + offs_j[None, :]
-    for s in range(step_begin, step_end):
+    # num_stages=1: the step loop must not be software-pipelined: a prefetch of the next
+    # step's operand would run ahead of the barrier that makes it valid.
+    for s in tl.range(step_begin, step_end, num_stages=1):
         t = step_time(s, T, REVERSE)
         gx_t = gx_ptr + t.to(tl.int64) * B * (4 * H) + gx_row
         # Input projections first: independent of the recurrence, their latency overlaps it.
@@ -217,7 +219,9 @@ def lstm_backward_kernel(
         w_o = w_ptr
 
     gate_row = offs_b[:, None] * (4 * H) + offs_j[None, :]
-    for r in range(step_begin, step_end):
+    # num_stages=1: the step loop must not be software-pipelined: a prefetch of the next
+    # step's operand would run ahead of the barrier that makes it valid.
+    for r in tl.range(step_begin, step_end, num_stages=1):
         if not OPERAND_IN_REGISTERS:
             # Recurrent part of dh: the gate gradients of the step processed before (the
             # buffer half read at r = 0 is all zeros).

@@ -77,7 +77,9 @@ def rnn_forward_kernel(
     if WEIGHTS_RESIDENT:
         w_t = load_weight_tile(w_ptr, 0, offs_j, mask_j, H, True, H_PAD)   # [H_PAD, BLOCK_H]
 
-    for s in range(step_begin, step_end):
+    # num_stages=1: the step loop must not be software-pipelined: a prefetch of the next
+    # step's operand would run ahead of the barrier that makes it valid.
+    for s in tl.range(step_begin, step_end, num_stages=1):
         t = step_time(s, T, REVERSE)
         out_t = t.to(tl.int64) * B * H + state
         x = to_compute(tl.load(gx_ptr + out_t, mask=mask, other=0.0), FP64)
@@ -151,7 +153,9 @@ def rnn_backward_kernel(
     else:
         w = w_ptr   # unused: the product streams w_hh from memory
 
-    for r in range(step_begin, step_end):
+    # num_stages=1: the step loop must not be software-pipelined: a prefetch of the next
+    # step's operand would run ahead of the barrier that makes it valid.
+    for r in tl.range(step_begin, step_end, num_stages=1):
         if not OPERAND_IN_REGISTERS:
             # Recurrent part of dh from the step processed before (zeros at r = 0).
             src = xchg_ptr + (r % 2) * xchg_half
