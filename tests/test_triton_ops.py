@@ -13,6 +13,8 @@ tensor-core dots in TF32/fp16/bf16, torch.compile) are the @pytest.mark.cuda tes
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -505,7 +507,10 @@ def test_gpu_layouts(cell, layout, dtype, monkeypatch):
     force_layout(monkeypatch, **GPU_LAYOUTS[layout])
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     kwargs = dict(atol=5e-5) if dtype == "fp32" else dict(factor=8)
-    check_cell(cell, T=24, B=40, H=96, reverse=True, lengths="device", dtype=GPU_DTYPES[dtype],
+    # H=56 keeps the whole w_hh within the single layout's budget (h in registers) and gives
+    # several 16-row batch tiles; H=96 splits into 6 or 3 slices.
+    H = 56 if layout == "single" else 96
+    check_cell(cell, T=24, B=40, H=H, reverse=True, lengths="device", dtype=GPU_DTYPES[dtype],
                **kwargs)
 
 
@@ -540,9 +545,12 @@ def test_gpu_automatic_layout_large(cell, H, B):
 
 
 @needs_gpu
+@pytest.mark.parametrize("layout", ["auto", "persistent"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_gpu_torch_compile_fullgraph(cell):
+def test_gpu_torch_compile_fullgraph(cell, layout, monkeypatch):
     _require_gpu()
+    if layout == "persistent":
+        force_layout(monkeypatch, layout="persistent", block_h=16)
     T, B, H = 8, 20, 64
     lengths = lengths_for("device", T, B)
     inputs = make_inputs(cell, T, B, H, torch.bfloat16)
@@ -560,6 +568,26 @@ def test_gpu_torch_compile_fullgraph(cell):
 
     eager_value, eager_grads = value_and_grads(loss)
     compiled_value, compiled_grads = value_and_grads(torch.compile(loss, fullgraph=True))
-    torch.testing.assert_close(compiled_value, eager_value)
+    # Same kernels; only the loss reduction may be ordered differently.
+    torch.testing.assert_close(compiled_value, eager_value, rtol=1e-4, atol=1e-4)
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilation for the GPU, without a GPU.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_kernels_compile_for_sm90():
+    """Every kernel compiles for sm_90 in the single and persistent layouts and fits in shared
+    memory (the interpreter never runs the compiler). A subprocess: compiling needs
+    TRITON_INTERPRET unset before triton is imported."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [
+        os.path.dirname(os.path.dirname(fused_rnn.__file__)), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-m", "fused_rnn.triton_kernels.compile_check", "--quick"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
