@@ -62,26 +62,36 @@ def zeros_acc(BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, FP64: tl.constexpr):
 
 @triton.jit
 def load_weight_tile(
-    w_ptr,          # first element of this gate's [H, P] block of w_hh [G*H, P]
+    w_ptr,          # first element of this gate's [H, H] block of w_hh [G*H, H]
     k0,             # first contraction index of the tile
     offs_j,         # [BLOCK_H] own hidden units
     mask_j,
     H,
     TRANSPOSED: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
-    """[BLOCK_K, BLOCK_H] tile of one gate's weight block, zero outside [H, H].
+    """Weight tile for contraction indices [k0, k0 + BLOCK_K), zero outside [H, H]:
+    [BLOCK_K, BLOCK_H], or with SPLIT_K > 1 [SPLIT_K, BLOCK_K // SPLIT_K, BLOCK_H] (see
+    ``product``).
 
     TRANSPOSED (forward): tile[k, j] = w[j, k], the product h_{t-1} @ w^T contracts over the
     columns of w_hh. Otherwise (backward): tile[k, j] = w[k, j], dgates @ w_hh contracts over
     the rows (the gate units).
     """
-    offs_k = k0 + tl.arange(0, BLOCK_K)
-    mask = (offs_k < H)[:, None] & mask_j[None, :]
-    if TRANSPOSED:
-        ptrs = w_ptr + offs_j[None, :].to(tl.int64) * H + offs_k[:, None]
+    if SPLIT_K == 1:
+        offs_k = k0 + tl.arange(0, BLOCK_K)[:, None]                    # [BLOCK_K, 1]
+        j = offs_j[None, :]
     else:
-        ptrs = w_ptr + offs_k[:, None].to(tl.int64) * H + offs_j[None, :]
+        KC: tl.constexpr = BLOCK_K // SPLIT_K
+        offs_k = (k0 + tl.arange(0, SPLIT_K)[:, None, None] * KC
+                  + tl.arange(0, KC)[None, :, None])                     # [SPLIT_K, KC, 1]
+        j = offs_j[None, None, :]
+    mask = (offs_k < H) & (j < H)
+    if TRANSPOSED:
+        ptrs = w_ptr + j.to(tl.int64) * H + offs_k
+    else:
+        ptrs = w_ptr + offs_k.to(tl.int64) * H + j
     return tl.load(ptrs, mask=mask, other=0.0)
 
 
@@ -92,15 +102,37 @@ def load_operand(
     offs_row,       # [BLOCK_B] rows of this batch tile in the exchange buffer
     k0,
     BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
-    """[BLOCK_B, BLOCK_K] slice of an operand other programs wrote this step.
+    """Columns [k0, k0 + BLOCK_K) of an operand other programs wrote this step:
+    [BLOCK_B, BLOCK_K], or with SPLIT_K > 1 [SPLIT_K, BLOCK_B, BLOCK_K // SPLIT_K].
 
     .cg: served by L2, never by this SM's L1, which is not coherent with the writes of other
     SMs. Padding rows and columns of the buffer are zero, so no mask is needed.
     """
-    offs_k = k0 + tl.arange(0, BLOCK_K)
-    ptrs = src_ptr + offs_row[:, None] * ROW_STRIDE + offs_k[None, :]
+    if SPLIT_K == 1:
+        ptrs = src_ptr + offs_row[:, None] * ROW_STRIDE + (k0 + tl.arange(0, BLOCK_K))[None, :]
+    else:
+        KC: tl.constexpr = BLOCK_K // SPLIT_K
+        ptrs = (src_ptr + offs_row[None, :, None] * ROW_STRIDE + k0
+                + tl.arange(0, SPLIT_K)[:, None, None] * KC + tl.arange(0, KC)[None, None, :])
     return tl.load(ptrs, cache_modifier=".cg")
+
+
+@triton.jit
+def product(a, w, acc, TF32: tl.constexpr, UPCAST: tl.constexpr, SPLIT_K: tl.constexpr):
+    """acc [BLOCK_B, BLOCK_H] + a @ w.
+
+    With SPLIT_K > 1 the contraction is split over SPLIT_K batched products, a
+    [SPLIT_K, BLOCK_B, KC] x w [SPLIT_K, KC, BLOCK_H], summed at the end: the warps of the
+    program each take one part of K. A plain [16, 16] dot would give work to only two of them
+    (Triton tiles the output over warps, never K) and make every warp run the whole chain.
+    """
+    if SPLIT_K == 1:
+        return dot(a, w, acc, TF32, UPCAST)
+    else:
+        parts = tl.zeros([SPLIT_K, acc.shape[0], acc.shape[1]], dtype=acc.dtype)
+        return acc + tl.sum(dot(a, w, parts, TF32, UPCAST), axis=0)
 
 
 @triton.jit
@@ -116,15 +148,16 @@ def streamed_product(
     TRANSPOSED: tl.constexpr,
     H_PAD: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     TF32: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     """acc + operand @ w-tile with both read per step in BLOCK_K slices: the path for weight
     slices too large to stay on chip (they are re-read from L2 every step)."""
     for k0 in range(0, H_PAD, BLOCK_K):
-        a = load_operand(src_ptr, ROW_STRIDE, offs_row, k0, BLOCK_K)
-        w = load_weight_tile(w_ptr, k0, offs_j, mask_j, H, TRANSPOSED, BLOCK_K)
-        acc = dot(a, w, acc, TF32, UPCAST)
+        a = load_operand(src_ptr, ROW_STRIDE, offs_row, k0, BLOCK_K, SPLIT_K)
+        w = load_weight_tile(w_ptr, k0, offs_j, mask_j, H, TRANSPOSED, BLOCK_K, SPLIT_K)
+        acc = product(a, w, acc, TF32, UPCAST, SPLIT_K)
     return acc
 
 

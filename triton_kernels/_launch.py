@@ -55,6 +55,7 @@ def layout_constexprs(layout: Layout, dtype: torch.dtype) -> dict:
         BLOCK_H=layout.block_h,
         H_PAD=layout.h_pad,
         BLOCK_K=layout.block_k,
+        SPLIT_K=layout.split_k,
         WEIGHTS_RESIDENT=layout.weights_resident,
         OPERAND_IN_REGISTERS=layout.operand_in_registers,
         SYNC=layout.sync,

@@ -48,8 +48,8 @@ TILE_ELEMENTS = 4096
 #: more rows (fewer programs for the same work).
 MIN_BLOCK_B, MAX_BLOCK_B = 16, 64
 MIN_BLOCK = 16
-#: Contraction slice of the streamed product.
-STREAM_BLOCK_K = 64
+#: Contraction slice of the streamed product (split over up to 8 warps, 16 each).
+STREAM_BLOCK_K = 128
 
 
 def interpreting() -> bool:
@@ -67,6 +67,7 @@ class Layout:
     n_batch_tiles: int
     n_slices: int             # programs per batch tile
     num_warps: int
+    split_k: int = 1          # warps sharing the contraction of the exchanged operand
 
     @property
     def operand_in_registers(self) -> bool:
@@ -123,6 +124,19 @@ def _num_warps(gates: int, block_b: int, block_h: int, h_pad: int) -> int:
 
 def _floor_power_of_2(n: int) -> int:
     return 1 << (max(1, n).bit_length() - 1)
+
+
+def _split_k(num_warps: int, block_b: int, block_h: int, block_k: int) -> int:
+    """Parts the contraction of the exchanged operand is split into (``_common.product``).
+
+    Triton spreads a 2-D dot's output over warps in 16-row tiles and never splits K: the
+    [16, 16] output of a narrow slice leaves every warp running the whole K chain (8x
+    redundant work with 8 warps). A batched 3-D dot puts the warps on the batch dimension
+    (warpsPerCTA [num_warps, 1, 1] in the sm_90 TTGIR), so one part per warp; each part keeps
+    K >= 16 (tl.dot's minimum), and the fp32 partial products (parts x BLOCK_B x BLOCK_H)
+    stay within TILE_ELEMENTS * 2 (32 registers a thread at 8 warps).
+    """
+    return max(1, min(num_warps, block_k // 16, (2 * TILE_ELEMENTS) // (block_b * block_h)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +235,8 @@ def choose_layout(gates: int, B: int, H: int, dtype: torch.dtype, device: torch.
                 f"cannot be resident on {device} ({programs} SMs)"
             )
     block_k = h_pad if resident else min(h_pad, forced_block_k or STREAM_BLOCK_K)
+    num_warps = _num_warps(gates, block_b, block_h, h_pad)
+    operand_in_registers = name == "single" and resident
     return Layout(
         name=name,
         block_b=block_b,
@@ -230,7 +246,8 @@ def choose_layout(gates: int, B: int, H: int, dtype: torch.dtype, device: torch.
         weights_resident=resident,
         n_batch_tiles=n_batch_tiles,
         n_slices=n_slices,
-        num_warps=_num_warps(gates, block_b, block_h, h_pad),
+        num_warps=num_warps,
+        split_k=1 if operand_in_registers else _split_k(num_warps, block_b, block_h, block_k),
     )
 
 

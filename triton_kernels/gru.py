@@ -29,6 +29,7 @@ from ._common import (
     load_operand,
     load_weight_tile,
     prev_time,
+    product,
     row_lengths,
     sigmoid,
     step_time,
@@ -63,6 +64,7 @@ def gru_forward_kernel(
     BLOCK_H: tl.constexpr,
     H_PAD: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     WEIGHTS_RESIDENT: tl.constexpr,
     OPERAND_IN_REGISTERS: tl.constexpr,
     SYNC: tl.constexpr,
@@ -90,9 +92,9 @@ def gru_forward_kernel(
         b_n = to_compute(tl.load(b_ptr + 2 * H + offs_j, mask=mask_j, other=0.0), FP64)[None, :]
     if WEIGHTS_RESIDENT:
         # This program's rows of w_hh, transposed, on chip for the whole sequence.
-        w_r = load_weight_tile(w_ptr + 0 * H * H, 0, offs_j, mask_j, H, True, H_PAD)
-        w_z = load_weight_tile(w_ptr + 1 * H * H, 0, offs_j, mask_j, H, True, H_PAD)
-        w_n = load_weight_tile(w_ptr + 2 * H * H, 0, offs_j, mask_j, H, True, H_PAD)
+        w_r = load_weight_tile(w_ptr + 0 * H * H, 0, offs_j, mask_j, H, True, H_PAD, SPLIT_K)
+        w_z = load_weight_tile(w_ptr + 1 * H * H, 0, offs_j, mask_j, H, True, H_PAD, SPLIT_K)
+        w_n = load_weight_tile(w_ptr + 2 * H * H, 0, offs_j, mask_j, H, True, H_PAD, SPLIT_K)
 
     gx_row = offs_b[:, None] * (3 * H) + offs_j[None, :]
     gates_row = offs_b[:, None] * (4 * H) + offs_j[None, :]
@@ -115,17 +117,17 @@ def gru_forward_kernel(
             gh_z = dot(a, w_z, gh_z, TF32, UPCAST)
             gh_n = dot(a, w_n, gh_n, TF32, UPCAST)
         elif WEIGHTS_RESIDENT:
-            a = load_operand(src, H_PAD, offs_b, 0, H_PAD)     # [BLOCK_B, H_PAD]
-            gh_r = dot(a, w_r, gh_r, TF32, UPCAST)
-            gh_z = dot(a, w_z, gh_z, TF32, UPCAST)
-            gh_n = dot(a, w_n, gh_n, TF32, UPCAST)
+            a = load_operand(src, H_PAD, offs_b, 0, H_PAD, SPLIT_K)     # all of h_{t-1}
+            gh_r = product(a, w_r, gh_r, TF32, UPCAST, SPLIT_K)
+            gh_z = product(a, w_z, gh_z, TF32, UPCAST, SPLIT_K)
+            gh_n = product(a, w_n, gh_n, TF32, UPCAST, SPLIT_K)
         else:
             gh_r = streamed_product(gh_r, src, H_PAD, offs_b, w_ptr + 0 * H * H, offs_j, mask_j,
-                                    H, True, H_PAD, BLOCK_K, TF32, UPCAST)
+                                    H, True, H_PAD, BLOCK_K, SPLIT_K, TF32, UPCAST)
             gh_z = streamed_product(gh_z, src, H_PAD, offs_b, w_ptr + 1 * H * H, offs_j, mask_j,
-                                    H, True, H_PAD, BLOCK_K, TF32, UPCAST)
+                                    H, True, H_PAD, BLOCK_K, SPLIT_K, TF32, UPCAST)
             gh_n = streamed_product(gh_n, src, H_PAD, offs_b, w_ptr + 2 * H * H, offs_j, mask_j,
-                                    H, True, H_PAD, BLOCK_K, TF32, UPCAST)
+                                    H, True, H_PAD, BLOCK_K, SPLIT_K, TF32, UPCAST)
         if HAS_BIAS:
             gh_r += b_r
             gh_z += b_z
@@ -177,6 +179,7 @@ def gru_backward_kernel(
     BLOCK_H: tl.constexpr,
     H_PAD: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     WEIGHTS_RESIDENT: tl.constexpr,
     OPERAND_IN_REGISTERS: tl.constexpr,
     SYNC: tl.constexpr,
@@ -201,9 +204,9 @@ def gru_backward_kernel(
     h0 = to_compute(tl.load(h0_ptr + state, mask=mask, other=0.0), FP64)
     if WEIGHTS_RESIDENT:
         # Columns j of every gate block of w_hh: [H_PAD, BLOCK_H] per gate.
-        w_r = load_weight_tile(w_ptr + 0 * H * H, 0, offs_j, mask_j, H, False, H_PAD)
-        w_z = load_weight_tile(w_ptr + 1 * H * H, 0, offs_j, mask_j, H, False, H_PAD)
-        w_n = load_weight_tile(w_ptr + 2 * H * H, 0, offs_j, mask_j, H, False, H_PAD)
+        w_r = load_weight_tile(w_ptr + 0 * H * H, 0, offs_j, mask_j, H, False, H_PAD, SPLIT_K)
+        w_z = load_weight_tile(w_ptr + 1 * H * H, 0, offs_j, mask_j, H, False, H_PAD, SPLIT_K)
+        w_n = load_weight_tile(w_ptr + 2 * H * H, 0, offs_j, mask_j, H, False, H_PAD, SPLIT_K)
     else:
         # Unused: the product streams w_hh from memory.
         w_r = w_ptr
@@ -219,7 +222,7 @@ def gru_backward_kernel(
             # Recurrent part of dh from the step processed before (zeros at r = 0).
             src = xchg_ptr + (r % 2) * xchg_half
             dh = _gru_exchanged_product(dh, src, offs_b, w_ptr, w_r, w_z, w_n, offs_j, mask_j, H,
-                                        H_PAD, BLOCK_K, WEIGHTS_RESIDENT, TF32, UPCAST)
+                                        H_PAD, BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32, UPCAST)
         t = step_time(T - 1 - r, T, REVERSE)
         t64 = t.to(tl.int64)
         valid = (t < length)[:, None] & mask
@@ -270,24 +273,25 @@ def gru_backward_kernel(
             # The product of the last step's dgh: dh is then grad_h0.
             src = xchg_ptr + (T % 2) * xchg_half
             dh = _gru_exchanged_product(dh, src, offs_b, w_ptr, w_r, w_z, w_n, offs_j, mask_j, H,
-                                        H_PAD, BLOCK_K, WEIGHTS_RESIDENT, TF32, UPCAST)
+                                        H_PAD, BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32, UPCAST)
     tl.store(dh_ptr + state, dh.to(dh_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _gru_exchanged_product(dh, src, offs_b, w_ptr, w_r, w_z, w_n, offs_j, mask_j, H,
                            H_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
+                           SPLIT_K: tl.constexpr,
                            WEIGHTS_RESIDENT: tl.constexpr, TF32: tl.constexpr,
                            UPCAST: tl.constexpr):
     """dh + sum over the 3 gates of (dgh in the exchange buffer) @ w_hh[gate, j]."""
     if WEIGHTS_RESIDENT:
-        dh = dot(load_operand(src + 0 * H_PAD, 3 * H_PAD, offs_b, 0, H_PAD), w_r, dh, TF32, UPCAST)
-        dh = dot(load_operand(src + 1 * H_PAD, 3 * H_PAD, offs_b, 0, H_PAD), w_z, dh, TF32, UPCAST)
-        dh = dot(load_operand(src + 2 * H_PAD, 3 * H_PAD, offs_b, 0, H_PAD), w_n, dh, TF32, UPCAST)
+        dh = product(load_operand(src + 0 * H_PAD, 3 * H_PAD, offs_b, 0, H_PAD, SPLIT_K), w_r, dh, TF32, UPCAST, SPLIT_K)
+        dh = product(load_operand(src + 1 * H_PAD, 3 * H_PAD, offs_b, 0, H_PAD, SPLIT_K), w_z, dh, TF32, UPCAST, SPLIT_K)
+        dh = product(load_operand(src + 2 * H_PAD, 3 * H_PAD, offs_b, 0, H_PAD, SPLIT_K), w_n, dh, TF32, UPCAST, SPLIT_K)
     else:
         for gate in tl.static_range(3):
             dh = streamed_product(dh, src + gate * H_PAD, 3 * H_PAD, offs_b, w_ptr + gate * H * H,
-                                  offs_j, mask_j, H, False, H_PAD, BLOCK_K, TF32, UPCAST)
+                                  offs_j, mask_j, H, False, H_PAD, BLOCK_K, SPLIT_K, TF32, UPCAST)
     return dh
 
 

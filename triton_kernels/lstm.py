@@ -27,6 +27,7 @@ from ._common import (
     load_operand,
     load_weight_tile,
     prev_time,
+    product,
     row_lengths,
     sigmoid,
     step_time,
@@ -61,6 +62,7 @@ def lstm_forward_kernel(
     BLOCK_H: tl.constexpr,
     H_PAD: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     WEIGHTS_RESIDENT: tl.constexpr,
     OPERAND_IN_REGISTERS: tl.constexpr,
     SYNC: tl.constexpr,
@@ -86,10 +88,10 @@ def lstm_forward_kernel(
     if WEIGHTS_RESIDENT:
         # This program's rows of w_hh, transposed, on chip for the whole sequence:
         # [H_PAD, BLOCK_H] per gate.
-        w_i = load_weight_tile(w_ptr + 0 * H * H, 0, offs_j, mask_j, H, True, H_PAD)
-        w_f = load_weight_tile(w_ptr + 1 * H * H, 0, offs_j, mask_j, H, True, H_PAD)
-        w_g = load_weight_tile(w_ptr + 2 * H * H, 0, offs_j, mask_j, H, True, H_PAD)
-        w_o = load_weight_tile(w_ptr + 3 * H * H, 0, offs_j, mask_j, H, True, H_PAD)
+        w_i = load_weight_tile(w_ptr + 0 * H * H, 0, offs_j, mask_j, H, True, H_PAD, SPLIT_K)
+        w_f = load_weight_tile(w_ptr + 1 * H * H, 0, offs_j, mask_j, H, True, H_PAD, SPLIT_K)
+        w_g = load_weight_tile(w_ptr + 2 * H * H, 0, offs_j, mask_j, H, True, H_PAD, SPLIT_K)
+        w_o = load_weight_tile(w_ptr + 3 * H * H, 0, offs_j, mask_j, H, True, H_PAD, SPLIT_K)
 
     gx_row = offs_b[:, None] * (4 * H) + offs_j[None, :]
     # num_stages=1: the step loop must not be software-pipelined: a prefetch of the next
@@ -116,20 +118,20 @@ def lstm_forward_kernel(
             acc_g = dot(a, w_g, acc_g, TF32, UPCAST)
             acc_o = dot(a, w_o, acc_o, TF32, UPCAST)
         elif WEIGHTS_RESIDENT:
-            a = load_operand(src, H_PAD, offs_b, 0, H_PAD)     # [BLOCK_B, H_PAD]
-            acc_i = dot(a, w_i, acc_i, TF32, UPCAST)
-            acc_f = dot(a, w_f, acc_f, TF32, UPCAST)
-            acc_g = dot(a, w_g, acc_g, TF32, UPCAST)
-            acc_o = dot(a, w_o, acc_o, TF32, UPCAST)
+            a = load_operand(src, H_PAD, offs_b, 0, H_PAD, SPLIT_K)     # all of h_{t-1}
+            acc_i = product(a, w_i, acc_i, TF32, UPCAST, SPLIT_K)
+            acc_f = product(a, w_f, acc_f, TF32, UPCAST, SPLIT_K)
+            acc_g = product(a, w_g, acc_g, TF32, UPCAST, SPLIT_K)
+            acc_o = product(a, w_o, acc_o, TF32, UPCAST, SPLIT_K)
         else:
             acc_i = streamed_product(acc_i, src, H_PAD, offs_b, w_ptr + 0 * H * H, offs_j,
-                                     mask_j, H, True, H_PAD, BLOCK_K, TF32, UPCAST)
+                                     mask_j, H, True, H_PAD, BLOCK_K, SPLIT_K, TF32, UPCAST)
             acc_f = streamed_product(acc_f, src, H_PAD, offs_b, w_ptr + 1 * H * H, offs_j,
-                                     mask_j, H, True, H_PAD, BLOCK_K, TF32, UPCAST)
+                                     mask_j, H, True, H_PAD, BLOCK_K, SPLIT_K, TF32, UPCAST)
             acc_g = streamed_product(acc_g, src, H_PAD, offs_b, w_ptr + 2 * H * H, offs_j,
-                                     mask_j, H, True, H_PAD, BLOCK_K, TF32, UPCAST)
+                                     mask_j, H, True, H_PAD, BLOCK_K, SPLIT_K, TF32, UPCAST)
             acc_o = streamed_product(acc_o, src, H_PAD, offs_b, w_ptr + 3 * H * H, offs_j,
-                                     mask_j, H, True, H_PAD, BLOCK_K, TF32, UPCAST)
+                                     mask_j, H, True, H_PAD, BLOCK_K, SPLIT_K, TF32, UPCAST)
 
         i = sigmoid(x_i + acc_i)
         f = sigmoid(x_f + acc_f)
@@ -182,6 +184,7 @@ def lstm_backward_kernel(
     BLOCK_H: tl.constexpr,
     H_PAD: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     WEIGHTS_RESIDENT: tl.constexpr,
     OPERAND_IN_REGISTERS: tl.constexpr,
     SYNC: tl.constexpr,
@@ -207,10 +210,10 @@ def lstm_backward_kernel(
     c0 = to_compute(tl.load(c0_ptr + state, mask=mask, other=0.0), FP64)
     if WEIGHTS_RESIDENT:
         # Columns j of every gate block of w_hh: [H_PAD, BLOCK_H] per gate.
-        w_i = load_weight_tile(w_ptr + 0 * H * H, 0, offs_j, mask_j, H, False, H_PAD)
-        w_f = load_weight_tile(w_ptr + 1 * H * H, 0, offs_j, mask_j, H, False, H_PAD)
-        w_g = load_weight_tile(w_ptr + 2 * H * H, 0, offs_j, mask_j, H, False, H_PAD)
-        w_o = load_weight_tile(w_ptr + 3 * H * H, 0, offs_j, mask_j, H, False, H_PAD)
+        w_i = load_weight_tile(w_ptr + 0 * H * H, 0, offs_j, mask_j, H, False, H_PAD, SPLIT_K)
+        w_f = load_weight_tile(w_ptr + 1 * H * H, 0, offs_j, mask_j, H, False, H_PAD, SPLIT_K)
+        w_g = load_weight_tile(w_ptr + 2 * H * H, 0, offs_j, mask_j, H, False, H_PAD, SPLIT_K)
+        w_o = load_weight_tile(w_ptr + 3 * H * H, 0, offs_j, mask_j, H, False, H_PAD, SPLIT_K)
     else:
         # Unused: the product streams w_hh from memory.
         w_i = w_ptr
@@ -227,7 +230,7 @@ def lstm_backward_kernel(
             # buffer half read at r = 0 is all zeros).
             src = xchg_ptr + (r % 2) * xchg_half
             dh = _lstm_exchanged_product(dh, src, 4 * H_PAD, offs_b, w_ptr, w_i, w_f, w_g, w_o,
-                                         offs_j, mask_j, H, H_PAD, BLOCK_K, WEIGHTS_RESIDENT,
+                                         offs_j, mask_j, H, H_PAD, BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT,
                                          TF32, UPCAST)
         t = step_time(T - 1 - r, T, REVERSE)
         t64 = t.to(tl.int64)
@@ -283,7 +286,7 @@ def lstm_backward_kernel(
             # The product of the last step's gate gradients: dh is then grad_h0.
             src = xchg_ptr + (T % 2) * xchg_half
             dh = _lstm_exchanged_product(dh, src, 4 * H_PAD, offs_b, w_ptr, w_i, w_f, w_g, w_o,
-                                         offs_j, mask_j, H, H_PAD, BLOCK_K, WEIGHTS_RESIDENT,
+                                         offs_j, mask_j, H, H_PAD, BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT,
                                          TF32, UPCAST)
     tl.store(dh_ptr + state, dh.to(dh_ptr.dtype.element_ty), mask=mask)
     tl.store(dc_ptr + state, dc.to(dc_ptr.dtype.element_ty), mask=mask)
@@ -292,18 +295,19 @@ def lstm_backward_kernel(
 @triton.jit
 def _lstm_exchanged_product(dh, src, ROW_STRIDE: tl.constexpr, offs_b, w_ptr, w_i, w_f, w_g, w_o, offs_j,
                             mask_j, H, H_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
+                            SPLIT_K: tl.constexpr,
                             WEIGHTS_RESIDENT: tl.constexpr, TF32: tl.constexpr,
                             UPCAST: tl.constexpr):
     """dh + sum over the 4 gates of (gate gradients in the exchange buffer) @ w_hh[gate, j]."""
     if WEIGHTS_RESIDENT:
-        dh = dot(load_operand(src + 0 * H_PAD, ROW_STRIDE, offs_b, 0, H_PAD), w_i, dh, TF32, UPCAST)
-        dh = dot(load_operand(src + 1 * H_PAD, ROW_STRIDE, offs_b, 0, H_PAD), w_f, dh, TF32, UPCAST)
-        dh = dot(load_operand(src + 2 * H_PAD, ROW_STRIDE, offs_b, 0, H_PAD), w_g, dh, TF32, UPCAST)
-        dh = dot(load_operand(src + 3 * H_PAD, ROW_STRIDE, offs_b, 0, H_PAD), w_o, dh, TF32, UPCAST)
+        dh = product(load_operand(src + 0 * H_PAD, ROW_STRIDE, offs_b, 0, H_PAD, SPLIT_K), w_i, dh, TF32, UPCAST, SPLIT_K)
+        dh = product(load_operand(src + 1 * H_PAD, ROW_STRIDE, offs_b, 0, H_PAD, SPLIT_K), w_f, dh, TF32, UPCAST, SPLIT_K)
+        dh = product(load_operand(src + 2 * H_PAD, ROW_STRIDE, offs_b, 0, H_PAD, SPLIT_K), w_g, dh, TF32, UPCAST, SPLIT_K)
+        dh = product(load_operand(src + 3 * H_PAD, ROW_STRIDE, offs_b, 0, H_PAD, SPLIT_K), w_o, dh, TF32, UPCAST, SPLIT_K)
     else:
         for gate in tl.static_range(4):
             dh = streamed_product(dh, src + gate * H_PAD, ROW_STRIDE, offs_b, w_ptr + gate * H * H,
-                                  offs_j, mask_j, H, False, H_PAD, BLOCK_K, TF32, UPCAST)
+                                  offs_j, mask_j, H, False, H_PAD, BLOCK_K, SPLIT_K, TF32, UPCAST)
     return dh
 
 

@@ -23,6 +23,7 @@ from ._common import (
     finishes,
     load_operand,
     load_weight_tile,
+    product,
     row_lengths,
     step_time,
     streamed_product,
@@ -53,6 +54,7 @@ def rnn_forward_kernel(
     BLOCK_H: tl.constexpr,
     H_PAD: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     WEIGHTS_RESIDENT: tl.constexpr,
     OPERAND_IN_REGISTERS: tl.constexpr,
     SYNC: tl.constexpr,
@@ -75,7 +77,7 @@ def rnn_forward_kernel(
     state = offs_b[:, None] * H + offs_j[None, :]
     h = to_compute(tl.load(h_ptr + state, mask=mask, other=0.0), FP64)   # [BLOCK_B, BLOCK_H]
     if WEIGHTS_RESIDENT:
-        w_t = load_weight_tile(w_ptr, 0, offs_j, mask_j, H, True, H_PAD)   # [H_PAD, BLOCK_H]
+        w_t = load_weight_tile(w_ptr, 0, offs_j, mask_j, H, True, H_PAD, SPLIT_K)   # [H_PAD, BLOCK_H]
 
     # num_stages=1: the step loop must not be software-pipelined: a prefetch of the next
     # step's operand would run ahead of the barrier that makes it valid.
@@ -88,10 +90,10 @@ def rnn_forward_kernel(
         if OPERAND_IN_REGISTERS:
             acc = dot(h.to(w_dtype), w_t, acc, TF32, UPCAST)
         elif WEIGHTS_RESIDENT:
-            acc = dot(load_operand(src, H_PAD, offs_b, 0, H_PAD), w_t, acc, TF32, UPCAST)
+            acc = product(load_operand(src, H_PAD, offs_b, 0, H_PAD, SPLIT_K), w_t, acc, TF32, UPCAST, SPLIT_K)
         else:
             acc = streamed_product(acc, src, H_PAD, offs_b, w_ptr, offs_j, mask_j, H, True, H_PAD,
-                                   BLOCK_K, TF32, UPCAST)
+                                   BLOCK_K, SPLIT_K, TF32, UPCAST)
         if RELU:
             h_new = tl.maximum(x + acc, 0.0)
         else:
@@ -127,6 +129,7 @@ def rnn_backward_kernel(
     BLOCK_H: tl.constexpr,
     H_PAD: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     WEIGHTS_RESIDENT: tl.constexpr,
     OPERAND_IN_REGISTERS: tl.constexpr,
     SYNC: tl.constexpr,
@@ -149,7 +152,7 @@ def rnn_backward_kernel(
     state = offs_b[:, None] * H + offs_j[None, :]
     dh = to_compute(tl.load(dh_ptr + state, mask=mask, other=0.0), FP64)
     if WEIGHTS_RESIDENT:
-        w = load_weight_tile(w_ptr, 0, offs_j, mask_j, H, False, H_PAD)     # [H_PAD, BLOCK_H]
+        w = load_weight_tile(w_ptr, 0, offs_j, mask_j, H, False, H_PAD, SPLIT_K)     # [H_PAD, BLOCK_H]
     else:
         w = w_ptr   # unused: the product streams w_hh from memory
 
@@ -160,7 +163,7 @@ def rnn_backward_kernel(
             # Recurrent part of dh from the step processed before (zeros at r = 0).
             src = xchg_ptr + (r % 2) * xchg_half
             dh = _rnn_exchanged_product(dh, src, offs_b, w_ptr, w, offs_j, mask_j, H, H_PAD,
-                                        BLOCK_K, WEIGHTS_RESIDENT, TF32, UPCAST)
+                                        BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32, UPCAST)
         t = step_time(T - 1 - r, T, REVERSE)
         out_t = t.to(tl.int64) * B * H + state
         valid = (t < length)[:, None] & mask
@@ -187,20 +190,20 @@ def rnn_backward_kernel(
             # The product of the last step's gradients: dh is then grad_h0.
             src = xchg_ptr + (T % 2) * xchg_half
             dh = _rnn_exchanged_product(dh, src, offs_b, w_ptr, w, offs_j, mask_j, H, H_PAD,
-                                        BLOCK_K, WEIGHTS_RESIDENT, TF32, UPCAST)
+                                        BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32, UPCAST)
     tl.store(dh_ptr + state, dh.to(dh_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _rnn_exchanged_product(dh, src, offs_b, w_ptr, w, offs_j, mask_j, H, H_PAD: tl.constexpr,
-                           BLOCK_K: tl.constexpr, WEIGHTS_RESIDENT: tl.constexpr,
+                           BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, WEIGHTS_RESIDENT: tl.constexpr,
                            TF32: tl.constexpr, UPCAST: tl.constexpr):
     """dh + (gradients in the exchange buffer) @ w_hh[:, j]."""
     if WEIGHTS_RESIDENT:
-        dh = dot(load_operand(src, H_PAD, offs_b, 0, H_PAD), w, dh, TF32, UPCAST)
+        dh = product(load_operand(src, H_PAD, offs_b, 0, H_PAD, SPLIT_K), w, dh, TF32, UPCAST, SPLIT_K)
     else:
         dh = streamed_product(dh, src, H_PAD, offs_b, w_ptr, offs_j, mask_j, H, False, H_PAD,
-                              BLOCK_K, TF32, UPCAST)
+                              BLOCK_K, SPLIT_K, TF32, UPCAST)
     return dh
 
 
