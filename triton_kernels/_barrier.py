@@ -20,6 +20,10 @@ Memory ordering (PTX memory model, scope gpu):
      before the acquire is done. The reads themselves use the .cg cache modifier (L2 only),
      which rules out stale lines in this SM's L1 independently of the acquire.
 
+The barrier is split in two (``step_arrive`` after the exchange stores, ``step_wait`` before
+the next step's reads) so that the step's outputs (y, workspace, grad_gx) are stored between
+the two: the release does not wait for them, and they overlap the other programs' arrival.
+
 A barrier of this kind deadlocks unless all programs are resident at once: the launcher uses
 it only for grids no larger than the number of SMs (one program per SM), and never in the
 interpreter, which runs programs one after another (see _layout.py).
@@ -35,21 +39,25 @@ SYNC_GRID = 2        # several programs per batch tile in one persistent launch
 
 
 @triton.jit
-def grid_barrier(counter_ptr, target):
-    """Waits until the batch tile's counter reaches ``target`` after adding this program's 1."""
-    tl.debug_barrier()
-    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
-    while tl.load(counter_ptr, volatile=True) < target:
-        pass
-    tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    tl.debug_barrier()
+def step_arrive(counter_ptr, SYNC: tl.constexpr):
+    """First half of the grid barrier: publishes this program's slice stores of the step
+    (bar.sync, then one release add). Work that others do not wait for (the step's outputs)
+    goes between arrive and wait, off the critical path: the release covers only the stores
+    before it."""
+    if SYNC == 2:
+        tl.debug_barrier()
+        tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
 
 
 @triton.jit
-def step_sync(counter_ptr, target, SYNC: tl.constexpr):
-    """Makes the slices this step stored to the exchange buffer visible to every program of
-    the batch tile (SYNC_GRID) or to every thread of this program (SYNC_PROGRAM)."""
+def step_wait(counter_ptr, target, SYNC: tl.constexpr):
+    """Second half: returns once every program of the batch tile has arrived ``target`` times
+    in total (SYNC_GRID), or once every thread of this program is past its stores
+    (SYNC_PROGRAM)."""
     if SYNC == 2:
-        grid_barrier(counter_ptr, target)
+        while tl.load(counter_ptr, volatile=True) < target:
+            pass
+        tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+        tl.debug_barrier()
     elif SYNC == 1:
         tl.debug_barrier()

@@ -21,7 +21,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _checks, _layout
-from ._barrier import step_sync
+from ._barrier import step_arrive, step_wait
 from ._common import (
     dot,
     finishes,
@@ -141,6 +141,13 @@ def gru_forward_kernel(
         valid = (t < length)[:, None] & mask_j[None, :]
         h = tl.where(valid, h_new, h)
 
+        if not OPERAND_IN_REGISTERS:
+            # Publish h_t first: the barrier's release covers only these stores, and the
+            # outputs below are written while the other programs catch up.
+            dst = xchg_ptr + ((s + 1) % 2) * xchg_half
+            tl.store(dst + offs_b[:, None] * H_PAD + offs_j[None, :], h.to(w_dtype), mask=mask)
+            step_arrive(counter_ptr + pid_b, SYNC)
+
         out_t = t.to(tl.int64) * B * H + state
         tl.store(y_ptr + out_t, tl.where(valid, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
         if SAVE:
@@ -151,9 +158,7 @@ def gru_forward_kernel(
             tl.store(gates_t + 2 * H, tl.where(valid, n, 0.0).to(out_dtype), mask=mask)
             tl.store(gates_t + 3 * H, tl.where(valid, gh_n, 0.0).to(out_dtype), mask=mask)
         if not OPERAND_IN_REGISTERS:
-            dst = xchg_ptr + ((s + 1) % 2) * xchg_half
-            tl.store(dst + offs_b[:, None] * H_PAD + offs_j[None, :], h.to(w_dtype), mask=mask)
-            step_sync(counter_ptr + pid_b, n_slices * (s - step_begin + 1), SYNC)
+            step_wait(counter_ptr + pid_b, n_slices * (s - step_begin + 1), SYNC)
 
     tl.store(h_ptr + state, h.to(h_ptr.dtype.element_ty), mask=mask)
 
@@ -203,7 +208,7 @@ def gru_backward_kernel(
     dh = to_compute(tl.load(dh_ptr + state, mask=mask, other=0.0), FP64)
     h0 = to_compute(tl.load(h0_ptr + state, mask=mask, other=0.0), FP64)
     if WEIGHTS_RESIDENT:
-        # Columns j of every gate block of w_hh: [H_PAD, BLOCK_H] per gate.
+        # Columns j of every gate block of w_hh: [H_PAD, BLOCK_H] per gate (in SPLIT_K parts).
         w_r = load_weight_tile(w_ptr + 0 * H * H, 0, offs_j, mask_j, H, False, H_PAD, SPLIT_K)
         w_z = load_weight_tile(w_ptr + 1 * H * H, 0, offs_j, mask_j, H, False, H_PAD, SPLIT_K)
         w_n = load_weight_tile(w_ptr + 2 * H * H, 0, offs_j, mask_j, H, False, H_PAD, SPLIT_K)
@@ -248,6 +253,19 @@ def gru_backward_kernel(
         # Padded steps pass dh through; on real steps it restarts from the direct part.
         dh = tl.where(valid, dh_total * g_z, dh)
 
+        if OPERAND_IN_REGISTERS:
+            dh = dot(d_r.to(w_dtype), w_r, dh, TF32, UPCAST)
+            dh = dot(d_z.to(w_dtype), w_z, dh, TF32, UPCAST)
+            dh = dot(dgh_n.to(w_dtype), w_n, dh, TF32, UPCAST)
+        else:
+            # Publish the gradients first; this step's outputs are stored while the
+            # other programs catch up (between arrive and wait).
+            dst = xchg_ptr + ((r + 1) % 2) * xchg_half + offs_b[:, None] * (3 * H_PAD) + offs_j[None, :]
+            tl.store(dst + 0 * H_PAD, d_r.to(w_dtype), mask=mask)
+            tl.store(dst + 1 * H_PAD, d_z.to(w_dtype), mask=mask)
+            tl.store(dst + 2 * H_PAD, dgh_n.to(w_dtype), mask=mask)
+            step_arrive(counter_ptr + pid_b, SYNC)
+
         out_dtype = dgx_ptr.dtype.element_ty
         dgx_t = dgx_ptr + t64 * B * (3 * H) + gx_row
         tl.store(dgx_t + 0 * H, d_r.to(out_dtype), mask=mask)
@@ -257,16 +275,8 @@ def gru_backward_kernel(
         tl.store(dgh_t + 0 * H, d_r.to(out_dtype), mask=mask)
         tl.store(dgh_t + 1 * H, d_z.to(out_dtype), mask=mask)
         tl.store(dgh_t + 2 * H, dgh_n.to(out_dtype), mask=mask)
-        if OPERAND_IN_REGISTERS:
-            dh = dot(d_r.to(w_dtype), w_r, dh, TF32, UPCAST)
-            dh = dot(d_z.to(w_dtype), w_z, dh, TF32, UPCAST)
-            dh = dot(dgh_n.to(w_dtype), w_n, dh, TF32, UPCAST)
-        else:
-            dst = xchg_ptr + ((r + 1) % 2) * xchg_half + offs_b[:, None] * (3 * H_PAD) + offs_j[None, :]
-            tl.store(dst + 0 * H_PAD, d_r.to(w_dtype), mask=mask)
-            tl.store(dst + 1 * H_PAD, d_z.to(w_dtype), mask=mask)
-            tl.store(dst + 2 * H_PAD, dgh_n.to(w_dtype), mask=mask)
-            step_sync(counter_ptr + pid_b, n_slices * (r - step_begin + 1), SYNC)
+        if not OPERAND_IN_REGISTERS:
+            step_wait(counter_ptr + pid_b, n_slices * (r - step_begin + 1), SYNC)
 
     if not OPERAND_IN_REGISTERS:
         if finishes(step_begin, step_end, T, SYNC):

@@ -19,7 +19,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _checks, _layout
-from ._barrier import step_sync
+from ._barrier import step_arrive, step_wait
 from ._common import (
     dot,
     finishes,
@@ -87,7 +87,7 @@ def lstm_forward_kernel(
     c = to_compute(tl.load(c_ptr + state, mask=mask, other=0.0), FP64)
     if WEIGHTS_RESIDENT:
         # This program's rows of w_hh, transposed, on chip for the whole sequence:
-        # [H_PAD, BLOCK_H] per gate.
+        # [H_PAD, BLOCK_H] per gate (in SPLIT_K parts, see _common.product).
         w_i = load_weight_tile(w_ptr + 0 * H * H, 0, offs_j, mask_j, H, True, H_PAD, SPLIT_K)
         w_f = load_weight_tile(w_ptr + 1 * H * H, 0, offs_j, mask_j, H, True, H_PAD, SPLIT_K)
         w_g = load_weight_tile(w_ptr + 2 * H * H, 0, offs_j, mask_j, H, True, H_PAD, SPLIT_K)
@@ -144,6 +144,13 @@ def lstm_forward_kernel(
         c = tl.where(valid, c_new, c)
         h = tl.where(valid, h_new, h)
 
+        if not OPERAND_IN_REGISTERS:
+            # Publish h_t first: the barrier's release covers only these stores, and the
+            # outputs below are written while the other programs catch up.
+            dst = xchg_ptr + ((s + 1) % 2) * xchg_half
+            tl.store(dst + offs_b[:, None] * H_PAD + offs_j[None, :], h.to(w_dtype), mask=mask)
+            step_arrive(counter_ptr + pid_b, SYNC)
+
         out_t = t.to(tl.int64) * B * H + state
         tl.store(y_ptr + out_t, tl.where(valid, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
         if SAVE:
@@ -155,9 +162,7 @@ def lstm_forward_kernel(
             tl.store(gates_t + 3 * H, tl.where(valid, o, 0.0).to(out_dtype), mask=mask)
             tl.store(cs_ptr + out_t, c.to(out_dtype), mask=mask)
         if not OPERAND_IN_REGISTERS:
-            dst = xchg_ptr + ((s + 1) % 2) * xchg_half
-            tl.store(dst + offs_b[:, None] * H_PAD + offs_j[None, :], h.to(w_dtype), mask=mask)
-            step_sync(counter_ptr + pid_b, n_slices * (s - step_begin + 1), SYNC)
+            step_wait(counter_ptr + pid_b, n_slices * (s - step_begin + 1), SYNC)
 
     tl.store(h_ptr + state, h.to(h_ptr.dtype.element_ty), mask=mask)
     tl.store(c_ptr + state, c.to(c_ptr.dtype.element_ty), mask=mask)
@@ -209,7 +214,7 @@ def lstm_backward_kernel(
     dc = to_compute(tl.load(dc_ptr + state, mask=mask, other=0.0), FP64)
     c0 = to_compute(tl.load(c0_ptr + state, mask=mask, other=0.0), FP64)
     if WEIGHTS_RESIDENT:
-        # Columns j of every gate block of w_hh: [H_PAD, BLOCK_H] per gate.
+        # Columns j of every gate block of w_hh: [H_PAD, BLOCK_H] per gate (in SPLIT_K parts).
         w_i = load_weight_tile(w_ptr + 0 * H * H, 0, offs_j, mask_j, H, False, H_PAD, SPLIT_K)
         w_f = load_weight_tile(w_ptr + 1 * H * H, 0, offs_j, mask_j, H, False, H_PAD, SPLIT_K)
         w_g = load_weight_tile(w_ptr + 2 * H * H, 0, offs_j, mask_j, H, False, H_PAD, SPLIT_K)
@@ -262,24 +267,29 @@ def lstm_backward_kernel(
         dc = tl.where(valid, dc_total * f, dc)
         dh = tl.where(valid, 0.0, dh)
 
-        dgx_t = dgx_ptr + t64 * B * (4 * H) + gate_row
-        out_dtype = dgx_ptr.dtype.element_ty
-        tl.store(dgx_t + 0 * H, da_i.to(out_dtype), mask=mask)
-        tl.store(dgx_t + 1 * H, da_f.to(out_dtype), mask=mask)
-        tl.store(dgx_t + 2 * H, da_g.to(out_dtype), mask=mask)
-        tl.store(dgx_t + 3 * H, da_o.to(out_dtype), mask=mask)
         if OPERAND_IN_REGISTERS:
             dh = dot(da_i.to(w_dtype), w_i, dh, TF32, UPCAST)
             dh = dot(da_f.to(w_dtype), w_f, dh, TF32, UPCAST)
             dh = dot(da_g.to(w_dtype), w_g, dh, TF32, UPCAST)
             dh = dot(da_o.to(w_dtype), w_o, dh, TF32, UPCAST)
         else:
+            # Publish the gradients first; this step's outputs are stored while the
+            # other programs catch up (between arrive and wait).
             dst = xchg_ptr + ((r + 1) % 2) * xchg_half + offs_b[:, None] * (4 * H_PAD) + offs_j[None, :]
             tl.store(dst + 0 * H_PAD, da_i.to(w_dtype), mask=mask)
             tl.store(dst + 1 * H_PAD, da_f.to(w_dtype), mask=mask)
             tl.store(dst + 2 * H_PAD, da_g.to(w_dtype), mask=mask)
             tl.store(dst + 3 * H_PAD, da_o.to(w_dtype), mask=mask)
-            step_sync(counter_ptr + pid_b, n_slices * (r - step_begin + 1), SYNC)
+            step_arrive(counter_ptr + pid_b, SYNC)
+
+        dgx_t = dgx_ptr + t64 * B * (4 * H) + gate_row
+        out_dtype = dgx_ptr.dtype.element_ty
+        tl.store(dgx_t + 0 * H, da_i.to(out_dtype), mask=mask)
+        tl.store(dgx_t + 1 * H, da_f.to(out_dtype), mask=mask)
+        tl.store(dgx_t + 2 * H, da_g.to(out_dtype), mask=mask)
+        tl.store(dgx_t + 3 * H, da_o.to(out_dtype), mask=mask)
+        if not OPERAND_IN_REGISTERS:
+            step_wait(counter_ptr + pid_b, n_slices * (r - step_begin + 1), SYNC)
 
     if not OPERAND_IN_REGISTERS:
         if finishes(step_begin, step_end, T, SYNC):

@@ -17,7 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _checks, _layout
-from ._barrier import step_sync
+from ._barrier import step_arrive, step_wait
 from ._common import (
     dot,
     finishes,
@@ -101,11 +101,16 @@ def rnn_forward_kernel(
         # A finished sequence keeps its state and emits zeros; padding columns stay zero.
         valid = (t < length)[:, None] & mask_j[None, :]
         h = tl.where(valid, h_new, h)
-        tl.store(y_ptr + out_t, tl.where(valid, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
         if not OPERAND_IN_REGISTERS:
+            # Publish h_t first: the barrier's release covers only these stores, and the
+            # outputs below are written while the other programs catch up.
             dst = xchg_ptr + ((s + 1) % 2) * xchg_half
             tl.store(dst + offs_b[:, None] * H_PAD + offs_j[None, :], h.to(w_dtype), mask=mask)
-            step_sync(counter_ptr + pid_b, n_slices * (s - step_begin + 1), SYNC)
+            step_arrive(counter_ptr + pid_b, SYNC)
+
+        tl.store(y_ptr + out_t, tl.where(valid, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
+        if not OPERAND_IN_REGISTERS:
+            step_wait(counter_ptr + pid_b, n_slices * (s - step_begin + 1), SYNC)
 
     tl.store(h_ptr + state, h.to(h_ptr.dtype.element_ty), mask=mask)
 
@@ -177,13 +182,18 @@ def rnn_backward_kernel(
             da = tl.where(valid, dh_total * (1.0 - h * h), 0.0)
         # Padded steps pass dh through; on real steps it restarts from zero.
         dh = tl.where(valid, 0.0, dh)
-        tl.store(dgx_ptr + out_t, da.to(dgx_ptr.dtype.element_ty), mask=mask)
         if OPERAND_IN_REGISTERS:
             dh = dot(da.to(w_dtype), w, dh, TF32, UPCAST)
         else:
+            # Publish the gradients first; this step's outputs are stored while the
+            # other programs catch up (between arrive and wait).
             dst = xchg_ptr + ((r + 1) % 2) * xchg_half
             tl.store(dst + offs_b[:, None] * H_PAD + offs_j[None, :], da.to(w_dtype), mask=mask)
-            step_sync(counter_ptr + pid_b, n_slices * (r - step_begin + 1), SYNC)
+            step_arrive(counter_ptr + pid_b, SYNC)
+
+        tl.store(dgx_ptr + out_t, da.to(dgx_ptr.dtype.element_ty), mask=mask)
+        if not OPERAND_IN_REGISTERS:
+            step_wait(counter_ptr + pid_b, n_slices * (r - step_begin + 1), SYNC)
 
     if not OPERAND_IN_REGISTERS:
         if finishes(step_begin, step_end, T, SYNC):
