@@ -1,8 +1,8 @@
 """Tests of the Triton ops fused_rnn::*_triton against fused_rnn.reference.
 
 Without a GPU the kernels run in the Triton interpreter on CPU tensors: TRITON_INTERPRET=1 must
-be set before triton is first imported (tests/conftest.py does it when no NVIDIA GPU is
-present); without either, this module is skipped. Shapes are small: the interpreter executes
+be set before triton is first imported (tests/conftest.py's job when no NVIDIA GPU is
+present); with neither, this module is skipped. Shapes are small: the interpreter executes
 every tl operation in numpy.
 
 Layouts (triton_kernels/_layout.py) are forced with FUSED_RNN_TRITON_* variables. Paths only a
