@@ -203,9 +203,12 @@ def test_gru_without_bias():
     check_cell("gru", T=4, B=3, H=5, bias=False, reverse=True)
 
 
+@pytest.mark.parametrize("layout", ["auto", "persistent"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_several_batch_tiles(cell, monkeypatch):
-    force_layout(monkeypatch, block_b=16)
+def test_several_batch_tiles(cell, layout, monkeypatch):
+    # 3 batch tiles; forced persistent: one barrier counter per tile.
+    force_layout(monkeypatch, block_b=16, **({} if layout == "auto" else {"layout": layout}))
+    assert _layout.choose_layout(GATES[cell], 37, 6, torch.float32, DEVICE).n_batch_tiles == 3
     check_cell(cell, T=3, B=37, H=6, reverse=cell != "gru", lengths="cpu")
 
 
@@ -404,7 +407,10 @@ def test_lstm_projection_is_not_implemented():
         OPS.lstm_forward_triton(x["gx"], w_hh, w_hr, h0, x["c0"], None, False, True)
     assert not triton_kernels.supports("lstm", proj=True, device=DEVICE)
     assert triton_kernels.supports("gru", device=DEVICE)
+    assert not triton_kernels.supports("gru", device=DEVICE, dtype=torch.int32)
     assert triton_kernels.is_available(DEVICE)
+    with pytest.raises(ValueError, match="unknown cell"):
+        triton_kernels.supports("elman")
 
 
 @pytest.mark.parametrize(
