@@ -87,6 +87,10 @@ def _triton_module():
         return None
 
 
+# torch.compile cannot trace the import this may do (importlib is skipped by Dynamo, a graph
+# break); assume_constant_result makes Dynamo call it eagerly while tracing and bake in the
+# answer, which cannot change within a process (the device is already guarded by the inputs).
+@torch.compiler.assume_constant_result
 def triton_unavailable_reason(cell: str, device: torch.device, proj: bool) -> str | None:
     """Why the Triton backend cannot run this call (None when it can)."""
     module = _triton_module()
@@ -126,14 +130,21 @@ def auto_backend_name(cell: str, device: torch.device, *, proj: bool = False) ->
     return "reference"
 
 
-@functools.cache
+# Memoised in a plain dict, not functools.cache: torch.compile ignores that cache (it traces
+# the wrapped function, with a warning), but reads a dict like any global. The compiled ops
+# exist once _C is loaded; the Triton ops once fused_rnn.triton_kernels has been imported,
+# which resolve() has done (through triton_unavailable_reason) before it asks for them.
+_BUILT: dict[str, Backend] = {
+    "reference": _REFERENCE,
+    "cpu": _op_backend("cpu", ""),
+    "cuda": _op_backend("cuda", ""),
+}
+
+
 def _backend(name: str) -> Backend:
-    if name == "reference":
-        return _REFERENCE
-    if name == "triton":
-        _triton_module()  # importing it registers the *_triton ops
-        return _op_backend("triton", "_triton")
-    return _op_backend(name, "")
+    if name not in _BUILT:  # "triton", on first use
+        _BUILT[name] = _op_backend(name, "_triton")
+    return _BUILT[name]
 
 
 def resolve(backend: str, device: torch.device | str, *, cell: str, proj: bool = False) -> Backend:
