@@ -218,6 +218,14 @@ def test_weight_normed_layer_is_left_alone_with_a_warning():
     assert converted[0] is gru
 
 
+def test_parametrized_layer_is_left_alone_with_a_warning():
+    gru = nn.GRU(I, H)
+    torch.nn.utils.parametrizations.weight_norm(gru, name="weight_hh_l0")  # makes a subclass
+    with pytest.warns(UserWarning, match="left ParametrizedGRU at '0'"):
+        converted = fused_rnn.convert(nn.Sequential(gru))
+    assert isinstance(converted[0], nn.GRU) and not isinstance(converted[0], fused_rnn.GRU)
+
+
 def test_no_warning_when_everything_converts():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
