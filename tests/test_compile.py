@@ -1,10 +1,10 @@
 """torch.compile(fullgraph=True) on models built from fused_rnn layers and cells.
 
 Compiled training (forward, backward, optimizer steps) must match eager training step for step.
-Most cases compile with the ``aot_eager`` backend: it runs everything that matters for fused_rnn
-(Dynamo tracing with no graph break, the fake kernels, the registered autograd under
-AOTAutograd) at a fraction of Inductor's compile time on a CPU; one end-to-end case per device
-goes through Inductor, the default backend.
+On the CPU most cases compile with the ``aot_eager`` backend: it runs everything that matters
+for fused_rnn (Dynamo tracing with no graph break, the fake kernels, the registered autograd
+under AOTAutograd) at a fraction of Inductor's compile time; one end-to-end case goes through
+Inductor, the default backend. On the GPU every case goes through Inductor.
 """
 
 from __future__ import annotations
@@ -189,6 +189,19 @@ def test_inductor_training_matches_eager():
     """The default backend: Inductor generates code around fused_rnn's ops and calls them."""
     model, batches = make_case("lstm", "full")
     assert_training_matches(model, batches, backend="inductor", atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_backend_selection_traces_without_a_break(cell):
+    """Asking whether Triton can run may import fused_rnn.triton_kernels, which Dynamo cannot
+    trace; the check must still compile whole (it runs eagerly at trace time) and agree with
+    eager, wherever Triton is or is not installed."""
+
+    def pick(x):
+        return x + 1 if fused_rnn.backends.available("triton", cell, x.device) else x - 1
+
+    x = torch.zeros(2)
+    torch.testing.assert_close(torch.compile(pick, fullgraph=True, backend="aot_eager")(x), pick(x))
 
 
 # ---------------------------------------------------------------------------------------------
