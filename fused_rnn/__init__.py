@@ -5,11 +5,13 @@
 
 The layers and cells are drop-in replacements for their torch.nn namesakes (same arguments,
 parameters, state_dict, inputs and outputs). :mod:`fused_rnn.functional` has the same layers
-as functions of explicit weights; :mod:`fused_rnn.backends` picks the kernels.
+as functions of explicit weights; :mod:`fused_rnn.backends` picks the kernels;
+:func:`fused_rnn.convert` swaps the torch.nn layers and cells of a model for these (or back).
 """
 
 from . import _ops  # noqa: F401  (loads fused_rnn._C: registers the ops, fake kernels, autograd)
 from . import backends, functional, reference
+from .convert import convert
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
@@ -21,6 +23,7 @@ __all__ = [
     "LSTMCell",
     "GRUCell",
     "RNNCell",
+    "convert",
     "backends",
     "functional",
     "reference",

@@ -77,6 +77,16 @@ _REFERENCE = Backend(
     "reference", reference.lstm, reference.gru, reference.rnn_tanh, reference.rnn_relu
 )
 
+# The backends by name, in a plain dict rather than behind functools.cache: torch.compile
+# ignores that cache (it traces the wrapped function again, with a warning) but reads a dict
+# like any global. The compiled ops exist once _C is loaded; "triton" is added by
+# triton_unavailable_reason once it has found that the Triton ops are registered.
+_BUILT: dict[str, Backend] = {
+    "reference": _REFERENCE,
+    "cpu": _op_backend("cpu", ""),
+    "cuda": _op_backend("cuda", ""),
+}
+
 
 @functools.cache
 def _triton_module():
@@ -87,6 +97,11 @@ def _triton_module():
         return None
 
 
+# torch.compile cannot trace the import this may do (importlib is skipped by Dynamo, a graph
+# break); assume_constant_result makes Dynamo call it eagerly while tracing and bake in the
+# answer, which cannot change within a process (the device is already guarded by the inputs).
+# Building the Triton backend here too keeps the traced code to a read of _BUILT.
+@torch.compiler.assume_constant_result
 def triton_unavailable_reason(cell: str, device: torch.device, proj: bool) -> str | None:
     """Why the Triton backend cannot run this call (None when it can)."""
     module = _triton_module()
@@ -95,6 +110,8 @@ def triton_unavailable_reason(cell: str, device: torch.device, proj: bool) -> st
     if not module.supports(cell, proj=proj, device=device):
         what = f"{cell} with a projection" if proj else cell
         return f"its kernels do not run {what} on {device.type} tensors"
+    if "triton" not in _BUILT:
+        _BUILT["triton"] = _op_backend("triton", "_triton")
     return None
 
 
@@ -126,16 +143,6 @@ def auto_backend_name(cell: str, device: torch.device, *, proj: bool = False) ->
     return "reference"
 
 
-@functools.cache
-def _backend(name: str) -> Backend:
-    if name == "reference":
-        return _REFERENCE
-    if name == "triton":
-        _triton_module()  # importing it registers the *_triton ops
-        return _op_backend("triton", "_triton")
-    return _op_backend(name, "")
-
-
 def resolve(backend: str, device: torch.device | str, *, cell: str, proj: bool = False) -> Backend:
     """The implementation of ``cell`` for tensors on ``device``. ``proj``: an LSTM with a
     projection (``proj_size > 0``), which not every backend supports."""
@@ -145,8 +152,8 @@ def resolve(backend: str, device: torch.device | str, *, cell: str, proj: bool =
         raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
     device = torch.device(device)
     if backend == "auto":
-        return _backend(auto_backend_name(cell, device, proj=proj))
+        return _BUILT[auto_backend_name(cell, device, proj=proj)]
     reason = _unavailable_reason(backend, cell, device, proj)
     if reason is not None:
         raise RuntimeError(f"fused_rnn backend {backend!r} is not available: {reason}")
-    return _backend(backend)
+    return _BUILT[backend]

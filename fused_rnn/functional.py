@@ -156,8 +156,11 @@ def check_lengths(lengths, T: int, B: int, device: torch.device) -> Optional[Ten
 
 def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
     """The dtype autocast runs this layer in, or None outside autocast. As cuDNN's RNNs under
-    autocast, the whole layer (projection, recurrence, states) runs in the low dtype."""
+    autocast, the whole layer (projection, recurrence, states) runs in the low dtype. As
+    autocast itself, float64 input is left alone (autocast never casts float64 tensors)."""
     device_type = x.device.type
+    if x.dtype == torch.float64:
+        return None
     if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None

@@ -1,0 +1,94 @@
+"""The examples run (a handful of small steps each), their twin models start equal, and the data
+streams they train on are what their docstrings say."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+import runpy
+import sys
+
+import pytest
+import torch
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+SMALL = ["--steps", "4", "--log-every", "2", "--device", "cpu"]
+
+
+@pytest.fixture
+def example(monkeypatch):
+    """Imports an example module by name, with examples/ on sys.path as when run as a script."""
+    monkeypatch.syspath_prepend(EXAMPLES)
+    return importlib.import_module
+
+
+def check_twins_trained(results, steps=4):
+    """Both models took every step with finite losses, and started from the same weights: on the
+    same first batch, torch.nn and fused_rnn have the same loss."""
+    torch_losses, fused_losses = results["torch.nn"]["losses"], results["fused_rnn"]["losses"]
+    assert len(torch_losses) == len(fused_losses) == steps
+    assert all(math.isfinite(v) for v in torch_losses + fused_losses)
+    assert math.isclose(fused_losses[0], torch_losses[0], rel_tol=1e-5, abs_tol=1e-6)
+    assert all(r["ms_per_step"] > 0 for r in results.values())
+
+
+def test_adding_problem_runs(example):
+    results = example("adding_problem").main(SMALL + ["--batch", "4", "--hidden", "8", "--chunk", "12"])
+    check_twins_trained(results)
+
+
+def test_copy_memory_runs(example):
+    for cell in ("gru", "lstm"):
+        results = example("copy_memory").main(SMALL + ["--cell", cell, "--batch", "4", "--hidden", "8", "--chunk", "15"])
+        check_twins_trained(results)
+        assert all(0 <= r["replay_accuracy"] <= 1 for r in results.values())
+
+
+def test_digits_classification_runs(example, tmp_path):
+    pytest.importorskip("sklearn", reason="the digits example needs scikit-learn")
+    plot = tmp_path / "loss.png"
+    results = example("digits_classification").main(SMALL + ["--hidden", "8", "--batch", "16", "--plot", str(plot)])
+    check_twins_trained(results)
+    assert all(0 <= r["test_accuracy"] <= 1 for r in results.values())
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert plot.stat().st_size > 0
+
+
+def test_example_runs_as_a_script(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(EXAMPLES)
+    monkeypatch.setattr(sys, "argv", ["adding_problem.py", *SMALL, "--batch", "2", "--hidden", "4", "--chunk", "5"])
+    runpy.run_path(os.path.join(EXAMPLES, "adding_problem.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "step     4 | torch.nn: mse" in printed and "fused_rnn: mse" in printed
+
+
+def test_adding_stream_targets_sum_the_two_latest_marked_values(example):
+    stream = example("adding_problem").AddingStream(batch=3, gap=4, generator=torch.Generator().manual_seed(0))
+    latest_two = [[0.0, 0.0] for _ in range(3)]  # before any marker, the sum is 0
+    for _ in range(4):  # chunk boundaries must not lose the carried values
+        x, targets = stream.next_chunk(7)
+        for t in range(7):
+            for b in range(3):
+                if x[t, b, 1] == 1:
+                    latest_two[b] = [latest_two[b][1], x[t, b, 0].item()]
+                assert targets[t, b, 0].item() == pytest.approx(sum(latest_two[b]), abs=1e-6)
+
+
+def test_copy_stream_replays_each_symbol_after_the_delay(example):
+    symbols, delay, alphabet = 3, 4, 8
+    stream = example("copy_memory").CopyStream(5, symbols, delay, alphabet, torch.Generator().manual_seed(0))
+    chunks = [stream.next_chunk(7) for _ in range(6)]  # 7 does not divide the episode length 11
+    inputs, targets, replay = (torch.cat(parts) for parts in zip(*chunks))
+    lag = symbols + delay + 1  # a symbol shown at phase k is replayed at phase k + lag
+    assert replay.float().mean().item() == pytest.approx(symbols / (2 * symbols + delay + 1), abs=0.1)
+    for t in range(inputs.shape[0]):
+        for b in range(inputs.shape[1]):
+            if replay[t, b] and t >= lag:
+                assert targets[t, b] == inputs[t - lag, b] and 1 <= targets[t, b] <= alphabet
+            if replay[t, b] and t >= 1 and not replay[t - 1, b]:  # a replay starts after the delimiter
+                assert inputs[t - 1, b] == alphabet + 1
+            if not replay[t, b]:
+                assert targets[t, b] == 0
+    assert (inputs == alphabet + 1).sum() >= 5, "too few delimiters for the checks to mean anything"
