@@ -18,7 +18,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) "setuptools>=70" wheel ninja \
-		pytest numpy expecttest rich matplotlib pytest-benchmark
+		pytest numpy expecttest rich matplotlib pytest-benchmark scikit-learn
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.deps setup.py
