@@ -565,6 +565,25 @@ def test_emulated_empty_and_zero_length():
 
 
 @needs_cuda_build
+def test_emulated_zero_hidden_size():
+    ops = torch.ops.fused_rnn_cuda
+    T, B = 3, 2
+    gx, w, h0 = torch.randn(T, B, 0), torch.randn(0, 0), torch.randn(B, 0)
+    for algo in ("persistent", "auto"):
+        if algo == "persistent":
+            with pytest.raises(RuntimeError, match="empty batch or hidden size"):
+                ops.gru_forward_emulated(gx, w, None, h0, None, False, True, algo, 4, 232448,
+                                         False)
+            continue
+        y, h_n, c_n, gates, cs = ops.lstm_forward_emulated(gx, w, None, h0, h0, None, False, True,
+                                                           algo, 4, 232448, False)
+        assert y.shape == (T, B, 0) and gates.shape == (T, B, 0)
+        grads = ops.lstm_backward_emulated(torch.randn_like(y), None, None, w, None, h0, h0, y,
+                                           gates, cs, None, True, algo, 4, 232448, False)
+        assert [g.shape for g in grads] == [(T, B, 0), (0, 0), (0,), (B, 0), (B, 0)]
+
+
+@needs_cuda_build
 def test_emulated_nan_fill_writes_every_output():
     # FUSED_RNN_FILL_UNINITIALIZED is read once per process: run in a fresh interpreter.
     script = textwrap.dedent(

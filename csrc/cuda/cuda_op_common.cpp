@@ -157,7 +157,7 @@ Tensor recurrent_weight_grad(const Tensor& dgh, const Tensor& y, const Tensor& h
     // The other steps, whose h_prev is y of the neighbouring step (zero rows where padded).
     const Tensor dgh_steps = reverse ? dgh.narrow(0, 0, T - 1) : dgh.narrow(0, 1, T - 1);
     const Tensor y_prev = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
-    grad_w.addmm_(dgh_steps.reshape({-1, GH}).t(), y_prev.reshape({-1, P}));
+    grad_w.addmm_(dgh_steps.reshape({(T - 1) * B, GH}).t(), y_prev.reshape({(T - 1) * B, P}));
   }
   return grad_w;
 }

@@ -131,7 +131,7 @@ GruBackwardOutputs gru_backward_run(const optional<Tensor>& grad_y_in,
     grad_h0 = dh;
   }
   Tensor grad_w_hh = recurrent_weight_grad(grad_gh, y, h0, lengths, reverse);
-  Tensor grad_b_hh = grad_gh.reshape({-1, 3 * H}).sum(0);
+  Tensor grad_b_hh = grad_gh.reshape({T * B, 3 * H}).sum(0);
   return {grad_gx, grad_w_hh, grad_b_hh, grad_h0};
 }
 

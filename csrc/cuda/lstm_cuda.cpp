@@ -169,7 +169,7 @@ LstmBackwardOutputs lstm_backward_run(const optional<Tensor>& grad_y_in,
     // grad_w_hr[P, H] = sum_t dh_total[t]^T h_raw[t], h_raw = o * tanh(c) recomputed.
     const auto acc = acc_dtype_of(dtype);
     const Tensor h_raw = (gates.narrow(2, 3 * H, H).to(acc) * at::tanh(cs.to(acc))).to(dtype);
-    grad_w_hr = at::mm(dh_total.reshape({-1, P}).t(), h_raw.reshape({-1, H}));
+    grad_w_hr = at::mm(dh_total.reshape({T * B, P}).t(), h_raw.reshape({T * B, H}));
   }
   return {grad_gx, grad_w_hh, grad_w_hr, dh, dc.to(dtype)};
 }
