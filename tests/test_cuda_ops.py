@@ -626,6 +626,11 @@ def test_emulated_bad_input_is_rejected_before_any_kernel():
 # =============================================================================================
 
 
+# The device of the GPU tests. Their helpers take it from here, so the harness itself (inputs,
+# reference, tolerances) can be exercised against the CPU backend by setting it to "cpu".
+GPU = "cuda"
+
+
 @pytest.fixture
 def algo(request, monkeypatch):
     monkeypatch.setenv("FUSED_RNN_CUDA_ALGO", request.param)
@@ -640,7 +645,8 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def to_device(inp, device="cuda", lengths_device=None):
+def to_device(inp, device=None, lengths_device=None):
+    device = device or GPU
     out = {n: (v.to(device) if isinstance(v, torch.Tensor) and n != "lengths" else v)
            for n, v in inp.items()}
     if isinstance(inp["lengths"], torch.Tensor) and lengths_device is not None:
@@ -653,12 +659,11 @@ def run_gpu_case(cell, T, B, H, dtype, *, lengths=None, reverse=False, proj=None
     inp = to_device(make_inputs(cell, T, B, H, proj=proj, dtype=dtype, lengths=lengths, seed=seed),
                     lengths_device=lengths_device)
     P = proj or H
-    grads = make_output_grads(cell, T, B, H, P, dtype=dtype, device="cuda", seed=seed + 1)
+    grads = make_output_grads(cell, T, B, H, P, dtype=dtype, device=GPU, seed=seed + 1)
     fwd = op_forward(cell, inp, reverse)
     bwd = op_backward(cell, inp, fwd, grads, reverse)
-    torch.cuda.synchronize()
     for v in list(fwd.values()) + list(bwd.values()):
-        assert v.device.type == "cuda" and v.dtype == dtype
+        assert v.device.type == GPU and v.dtype == dtype
     if dtype in (torch.float32, torch.float64):
         check_against_reference(cell, inp, reverse, fwd, bwd, grads,
                                 tol=2e-5 if dtype == torch.float32 else 1e-12)
@@ -720,7 +725,7 @@ def run_gpu_case_tf32(cell):
     # TF32 products (10-bit mantissa): judged against fp64 at the TF32 level.
     T, B, H = 6, 9, 64
     inp = to_device(make_inputs(cell, T, B, H, lengths="random"))
-    grads = make_output_grads(cell, T, B, H, H, dtype=torch.float32, device="cuda")
+    grads = make_output_grads(cell, T, B, H, H, dtype=torch.float32, device=GPU)
     fwd = op_forward(cell, inp, False)
     bwd = op_backward(cell, inp, fwd, grads, False)
     check_against_reference(cell, inp, False, fwd, bwd, grads, tol=5e-3)
@@ -742,7 +747,7 @@ def test_gpu_float64_and_lengths_on_device():
     for cell in CELLS:
         run_gpu_case(cell, 5, 4, 7, torch.float64, lengths="random", reverse=True)
         run_gpu_case(cell, 5, 4, 7, torch.float32, lengths="random", reverse=True,
-                     lengths_device="cuda")
+                     lengths_device=GPU)
 
 
 @gpu_test
