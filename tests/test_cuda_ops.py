@@ -699,6 +699,15 @@ def test_gpu_odd_sizes(algo, cell, T, B, H):
     run_gpu_case(cell, T, B, H, torch.bfloat16, lengths="random", reverse=False)
 
 
+def device_plan(cell, backward, B, H, dtype):
+    """The plan the ops make on this GPU."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return plan(cell, backward, B, H, dtype=dtype,
+                allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+                sm_count=props.multi_processor_count, cc_major=props.major,
+                smem_per_block=props.shared_memory_per_block_optin)
+
+
 @gpu_test
 @pytest.mark.parametrize("algo", ["persistent", "auto"], indirect=True)
 @pytest.mark.parametrize("cell", CELLS)
@@ -706,7 +715,11 @@ def test_gpu_odd_sizes(algo, cell, T, B, H):
 @pytest.mark.usefixtures("no_tf32")
 def test_gpu_large_persistent(algo, cell, dtype):
     # Shapes with several blocks, batch tiles and (backward) K chunks on a real device.
-    run_gpu_case(cell, 12, 80, 512, dtype, lengths="random", reverse=True)
+    T, B, H = 12, 80, 512
+    if algo == "persistent" and any(device_plan(cell, bwd, B, H, dtype)["algo"] != PERSISTENT
+                                    for bwd in (False, True)):
+        pytest.skip("the persistent kernels do not fit this GPU at this size")
+    run_gpu_case(cell, T, B, H, dtype, lengths="random", reverse=True)
 
 
 @gpu_test

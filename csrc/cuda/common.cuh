@@ -130,7 +130,7 @@ FUSED_RNN_HOST_DEVICE void store16(void* p, uint4 v) {
 // other blocks write. A no-op on the host.
 FUSED_RNN_HOST_DEVICE void prefetch_l1(const void* p) {
 #if defined(__CUDA_ARCH__)
-  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+  asm volatile("prefetch.L1 [%0];" ::"l"(p));  // generic address
 #else
   (void)p;
 #endif

@@ -29,7 +29,7 @@ namespace fused_rnn::cuda {
 #if defined(__CUDACC__)
 __device__ __forceinline__ unsigned int load_acquire_gpu(const unsigned int* p) {
   unsigned int value;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(value) : "l"(p) : "memory");
+  asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(value) : "l"(p) : "memory");  // generic address
   return value;
 }
 
