@@ -349,10 +349,10 @@ def test_plan_invariants(device, cell, backward, dtype, tf32):
             assert p["k_chunk"] % 16 == 0 and 16 <= p["k_chunk"] <= p["k_pad"]
             assert p["batch_tile"] % 16 == 0 and 16 <= p["batch_tile"] <= 64
             assert p["batch_tile"] <= max(16, -(-B // 16) * 16)
-            k_step = 16 if engine in (WMMA_BF16, WMMA_F16) else 8
-            assert 1 <= p["k_splits"] <= max(1, p["k_chunk"] // k_step)
-            if engine == FFMA:
-                assert p["k_splits"] == 1
+            k_step = {WMMA_BF16: 16, WMMA_F16: 16, WMMA_TF32: 8, FFMA: 128}[engine]
+            assert 1 <= p["k_splits"] <= min(4, -(-p["k_chunk"] // k_step))
+            tiles = (p["batch_tile"] // 16) * (p["rows_pad"] // granule)
+            assert p["k_splits"] == 1 or tiles * (p["k_splits"] - 1) < 8  # no more than needed
             # Shared-memory layout: 128-byte aligned regions, 16-byte row strides, within limits.
             esize = 2 if dtype in (torch.bfloat16, torch.float16) else 4
             assert p["ld_w"] * esize % 16 == 0 and p["ld_w"] >= p["k_pad"]
@@ -490,11 +490,13 @@ def test_emulated_tiles_chunks_and_splits(cell, tf32):
 
 @needs_cuda_build
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
-def test_emulated_split_k(cell):
-    # A single tile of rows and batch: the TF32 layout splits K four ways.
-    T, B, H = 3, 4, 40
-    device = dict(algo="persistent", sm_count=40, smem_per_block=232448, allow_tf32=True)
-    assert plan(cell, True, B, H, allow_tf32=True, sm_count=40)["k_splits"] > 1
+@pytest.mark.parametrize("tf32,H", [(True, 40), (False, 300)], ids=["tf32_layout", "ffma"])
+def test_emulated_split_k(cell, tf32, H):
+    # One batch tile and few weight rows per block: K is split (TF32 steps of 8 columns, FFMA
+    # steps of 128, the last one partial).
+    T, B = 3, 4
+    device = dict(algo="persistent", sm_count=H, smem_per_block=232448, allow_tf32=tf32)
+    assert plan(cell, True, B, H, allow_tf32=tf32, sm_count=H)["k_splits"] > 1
     run_emulated_fp32_case(cell, T, B, H, device, lengths="random", reverse=True)
 
 

@@ -177,23 +177,31 @@ __device__ __forceinline__ void wmma_accumulate(const typename WmmaTraits<E>::Op
 }
 
 // ------------------------------------------------------------------------------------------
-// FFMA engine (fp32 without TF32). An item is 16 batch rows x 4 weight rows; the 32 lanes of
-// the warp take interleaved 4-column pieces of K (16-byte loads, consecutive lanes on
-// consecutive addresses: no bank conflicts), then a butterfly reduction gives every lane the 64
-// sums and lane (i % 32) adds sum i to acc. No split-K (k_splits == 1).
+// FFMA engine (fp32 without TF32). An item is 16 batch rows x 4 weight rows x one K split. A
+// K step is 128 columns, one 4-column piece per lane (16-byte loads, consecutive lanes on
+// consecutive addresses: no bank conflicts); split s takes steps s, s + k_splits, ... Then a
+// butterfly reduction gives every lane the 64 sums and lane (i % 32) adds sum i to its split's
+// partial sums.
 // ------------------------------------------------------------------------------------------
 constexpr int kFfmaRows = 4;
 constexpr int kFfmaBatch = 16;
 
 __device__ __forceinline__ void ffma_accumulate(const float* A, const float* W, float* acc, int k0,
                                                 int kc, const PersistentPlan& plan) {
+  static_assert(engine_shape(Engine::kFFMA).k_step == 32 * 4, "a K step is one pass of a warp");
+  static_assert(engine_shape(Engine::kFFMA).row_granule == kFfmaRows, "FFMA tile rows");
+  constexpr int kStep = 32 * 4;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int m_tiles = plan.batch_tile / kFfmaBatch;
   const int n_groups = plan.rows_pad / kFfmaRows;
-  for (int item = warp; item < m_tiles * n_groups; item += kBlockWarps) {
-    const int m = item / n_groups;
-    const int n = item - m * n_groups;
+  const int splits = plan.k_splits;
+  const int64_t split_stride = static_cast<int64_t>(plan.batch_tile) * plan.ld_acc;
+  for (int item = warp; item < m_tiles * n_groups * splits; item += kBlockWarps) {
+    const int split = item % splits;
+    const int tile = item / splits;
+    const int m = tile / n_groups;
+    const int n = tile - m * n_groups;
     const float* a_base = A + static_cast<int64_t>(m) * kFfmaBatch * plan.ld_a;
     const float* w_base = W + static_cast<int64_t>(n) * kFfmaRows * plan.ld_w + k0;
     float sum[kFfmaRows][kFfmaBatch];
@@ -202,7 +210,7 @@ __device__ __forceinline__ void ffma_accumulate(const float* A, const float* W, 
 #pragma unroll
       for (int b = 0; b < kFfmaBatch; ++b) sum[r][b] = 0.0f;
     }
-    for (int k = lane * 4; k < kc; k += 32 * 4) {
+    for (int k = split * kStep + lane * 4; k < kc; k += splits * kStep) {
       float4 w[kFfmaRows];
 #pragma unroll
       for (int r = 0; r < kFfmaRows; ++r) {
@@ -231,8 +239,8 @@ __device__ __forceinline__ void ffma_accumulate(const float* A, const float* W, 
         }
         // Every lane holds the sum; one lane per value writes it (64 values over 32 lanes).
         if (lane == (r * kFfmaBatch + b) % 32) {
-          acc[static_cast<int64_t>(m * kFfmaBatch + b) * plan.ld_acc + n * kFfmaRows + r] +=
-              sum[r][b];
+          acc[split * split_stride + static_cast<int64_t>(m * kFfmaBatch + b) * plan.ld_acc +
+              n * kFfmaRows + r] += sum[r][b];
         }
       }
     }
@@ -254,19 +262,21 @@ __device__ __forceinline__ void device_accumulate(const typename EngineStorage<E
 
 #endif  // __CUDACC__
 
-// The same contract on the host (emulation): split s takes the K steps ks with ks % k_splits == s.
+// The same contract on the host (emulation): split s takes the K steps ks with ks % k_splits == s
+// (the last step of a chunk may be partial: FFMA steps are 128 columns, chunks multiples of 16).
 template <Engine E>
 void host_accumulate(const typename EngineStorage<E>::type* A,
                      const typename EngineStorage<E>::type* W, float* acc, int k0, int kc,
                      const PersistentPlan& plan) {
   const int k_step = engine_shape(E).k_step;
   const int64_t split_stride = static_cast<int64_t>(plan.batch_tile) * plan.ld_acc;
-  for (int ks = 0; ks < kc / k_step; ++ks) {
+  for (int ks = 0; ks * k_step < kc; ++ks) {
     float* acc_split = acc + (ks % plan.k_splits) * split_stride;
+    const int k_end = min32((ks + 1) * k_step, kc);
     for (int b = 0; b < plan.batch_tile; ++b) {
       for (int n = 0; n < plan.rows_pad; ++n) {
         float sum = 0.0f;
-        for (int k = ks * k_step; k < (ks + 1) * k_step; ++k) {
+        for (int k = ks * k_step; k < k_end; ++k) {
           sum += to_acc(A[static_cast<int64_t>(b) * plan.ld_a + k]) *
                  to_acc(W[static_cast<int64_t>(n) * plan.ld_w + k0 + k]);
         }

@@ -30,11 +30,11 @@ int64_t rows_for(const PlanRequest& r, int64_t units) {
 }
 
 // Split-K factor: enough (m-tile, n-tile, split) items to give every warp one, and no more
-// splits than K steps in a chunk. FFMA parallelises K across the lanes of a warp instead.
+// splits than K steps in a chunk. Tiles are 16 x 16 (wmma) or 16 batch rows x 4 rows (FFMA).
 int k_splits_for(Engine engine, int64_t batch_tile, int64_t rows_pad, int64_t k_chunk) {
-  if (engine == Engine::kFFMA) return 1;
-  const int64_t tiles = (batch_tile / 16) * (rows_pad / 16);
-  const int64_t k_steps = k_chunk / engine_shape(engine).k_step;
+  const EngineShape shape = engine_shape(engine);
+  const int64_t tiles = (batch_tile / 16) * (rows_pad / shape.row_granule);
+  const int64_t k_steps = ceil_div(k_chunk, shape.k_step);
   const int64_t splits = std::min<int64_t>({ceil_div(kBlockWarps, tiles), kMaxKSplits, k_steps});
   return static_cast<int>(std::max<int64_t>(1, splits));
 }

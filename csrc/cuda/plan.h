@@ -35,7 +35,8 @@ enum class Engine : int { kWmmaBF16 = 0, kWmmaF16 = 1, kWmmaTF32 = 2, kFFMA = 3 
 
 struct EngineShape {
   int operand_bytes;  // bytes of one shared-memory operand element
-  int k_step;         // K of one product instruction (split-K works in these steps)
+  int k_step;         // K columns of one step (split s takes steps s, s + k_splits, ...):
+                      // one mma instruction, or one pass of a warp's 32 lanes x 4 for FFMA
   int row_granule;    // weight rows per product tile: the slice's rows are padded to this
 };
 
@@ -48,7 +49,7 @@ constexpr EngineShape engine_shape(Engine e) {
       return {4, 8, 16};
     case Engine::kFFMA:
     default:
-      return {4, 4, 4};
+      return {4, 128, 4};
   }
 }
 
