@@ -17,7 +17,7 @@ constexpr int kBlockThreads = 256;
 constexpr int kBlockWarps = kBlockThreads / 32;
 // Largest batch tile the persistent kernels stage per pass (rows of h or of the gate gradients).
 constexpr int kMaxBatchTile = 64;
-// Largest split-K factor of the tensor-core product (partial sums summed by the pointwise pass).
+// Largest split-K factor of the product (partial sums summed by the pointwise pass).
 constexpr int kMaxKSplits = 4;
 // Every persistent shared-memory region starts on this boundary (wmma needs 32 bytes).
 constexpr int64_t kSmemAlign = 128;
