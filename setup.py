@@ -81,6 +81,13 @@ def extensions():
         "-Wno-unused-parameter",
         "-DPy_LIMITED_API=0x030A0000",
     ]
+    # at::parallel_for is a header template: without OpenMP enabled in this build it runs every
+    # chunk on the calling thread. torch's OpenMP runtime (libgomp) is already loaded and
+    # shared.
+    link = []
+    if torch.__config__.parallel_info().find("ATen parallel backend: OpenMP") >= 0:
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     extra = {"cxx": cxx}
     ext = CppExtension
     if with_cuda:
@@ -101,6 +108,7 @@ def extensions():
             sources,
             include_dirs=[CSRC, generated],
             extra_compile_args=extra,
+            extra_link_args=link,
             py_limited_api=True,
         )
     ]

@@ -91,25 +91,36 @@ class Partition {
   std::vector<int64_t> begin_;
 };
 
-// out (+)= a @ b with the small-batch kernel where it applies (fp32, at most 4 rows, b with
-// unit column stride), else BLAS.
-inline void slice_gemm(Tensor& out, const Tensor& a, const Tensor& b, bool accumulate) {
-  const int64_t M = a.size(0);
-  if (a.scalar_type() == at::kFloat && M > 0 && M <= kSmallBatchGemmMaxRows && b.stride(1) == 1 &&
-      a.stride(1) == 1 && out.is_contiguous()) {
-    small_batch_gemm(M, out.size(1), a.size(1), a.data_ptr<float>(), a.stride(0),
-                     b.data_ptr<float>(), b.stride(0), out.data_ptr<float>(), out.size(1),
-                     accumulate);
-  } else {
-    gemm(out, a, b, accumulate);
+// The weight operand of a per-step product out[B, N] (+)= a[B, K] @ b[K, N], prepared once per
+// call: packed into panels for the small-batch kernel (fp32, B <= 4 rows), else b itself (a
+// view is fine) for BLAS.
+class StepOperand {
+ public:
+  StepOperand(const Tensor& b, int64_t B)
+      : b_(b), small_(b.scalar_type() == at::kFloat && B > 0 && B <= kSmallBatchGemmMaxRows) {
+    if (small_) packed_ = pack_small_batch_operand(b, B);
   }
-}
 
-// Forward operands: slice k computes pre[k] [B, G*n_k] = h_prev [B, P] @ w_t[k] [P, G*n_k],
-// w_t[k] a contiguous transposed copy of the slice's gate rows (gate g of its units at columns
-// g*n_k .. (g+1)*n_k), made once per call.
+  // out (contiguous [B, N]) (+)= a (contiguous [B, K]) @ b
+  void multiply(Tensor& out, const Tensor& a, bool accumulate) const {
+    if (small_) {
+      small_batch_gemm(a.size(0), out.size(1), a.size(1), a.data_ptr<float>(), a.stride(0),
+                       packed_.data_ptr<float>(), out.data_ptr<float>(), out.size(1), accumulate);
+    } else {
+      gemm(out, a, b_, accumulate);
+    }
+  }
+
+ private:
+  Tensor b_, packed_;
+  bool small_;
+};
+
+// Forward operands: slice k computes pre[k] [B, G*n_k] = h_prev [B, P] @ w_hh[rows of k]^T,
+// the slice's gate rows taken as gate g of its units at columns g*n_k .. (g+1)*n_k.
 struct ForwardGemms {
-  std::vector<Tensor> w_t, pre;
+  std::vector<StepOperand> w_t;
+  std::vector<Tensor> pre;
 
   ForwardGemms(const Partition& part, const Tensor& w_hh, int64_t G, int64_t B) {
     const int64_t H = w_hh.size(0) / G;
@@ -118,12 +129,12 @@ struct ForwardGemms {
       std::vector<Tensor> rows;
       for (int64_t g = 0; g < G; ++g) rows.push_back(w_hh.narrow(0, g * H + part.begin(k), part.units(k)));
       const int64_t n = G * part.units(k);
-      w_t.push_back(at::cat(rows).t().contiguous());
+      w_t.emplace_back(at::cat(rows).t(), B);
       pre.push_back(pre_buffer.narrow(0, B * G * part.begin(k), B * n).view({B, n}));
     }
   }
 
-  void run(int64_t k, const Tensor& h_prev) { slice_gemm(pre[k], h_prev, w_t[k], false); }
+  void run(int64_t k, const Tensor& h_prev) { w_t[k].multiply(pre[k], h_prev, false); }
 };
 
 // Backward state: slice k owns columns [begin(k), begin(k+1)) of dh (the gradient reaching h,
@@ -131,20 +142,20 @@ struct ForwardGemms {
 // of the step after: dh[k] [B, n_k] += dgh_t [B, G*H] @ w_hh[:, columns of k].
 struct BackwardState {
   std::vector<Tensor> dh;
-  std::vector<Tensor> w_cols;
+  std::vector<StepOperand> w_cols;
 
   BackwardState(const Partition& part, const Tensor& w_hh, const optional<Tensor>& grad_h_n,
                 int64_t B) {
     for (int64_t k = 0; k < part.size(); ++k) {
       const int64_t p0 = part.begin(k), n = part.units(k);
-      w_cols.push_back(w_hh.narrow(1, p0, n));
+      w_cols.emplace_back(w_hh.narrow(1, p0, n), B);
       // clone: dh is updated in place, and must never alias the caller's grad_h_n
       dh.push_back(has(grad_h_n) ? grad_h_n->narrow(1, p0, n).clone(at::MemoryFormat::Contiguous)
                                  : at::zeros({B, n}, w_hh.options()));
     }
   }
 
-  void add_recurrent(int64_t k, const Tensor& dgh_t) { slice_gemm(dh[k], dgh_t, w_cols[k], true); }
+  void add_recurrent(int64_t k, const Tensor& dgh_t) { w_cols[k].multiply(dh[k], dgh_t, true); }
 
   Tensor gather() const { return at::cat(dh, 1); }
 };

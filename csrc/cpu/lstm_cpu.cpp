@@ -39,7 +39,7 @@ struct ForwardSlice {
 
 // One batch row of a slice. Plain restrict pointers (not struct members) let the compiler
 // vectorise the loop over units.
-template <bool kSave, typename T>
+template <bool kSave, bool kWriteY, typename T>
 __attribute__((always_inline)) inline void lstm_forward_row(
     int64_t n, int64_t H, const T* __restrict__ x, const T* __restrict__ p, T* __restrict__ c,
     T* __restrict__ h, T* __restrict__ y, T* __restrict__ g, T* __restrict__ cs) {
@@ -51,7 +51,7 @@ __attribute__((always_inline)) inline void lstm_forward_row(
     const T h_new = lstm_hidden(gate, c_new);
     c[j] = c_new;
     h[j] = h_new;
-    if (y) y[j] = h_new;
+    if constexpr (kWriteY) y[j] = h_new;
     if constexpr (kSave) {
       g[j] = gate.i;
       g[H + j] = gate.f;
@@ -79,13 +79,16 @@ __attribute__((always_inline)) inline void lstm_forward_slice_impl(const Forward
     }
     const T* x = s.gx_t + b * 4 * H + j0;
     const T* p = s.pre + b * 4 * n;
+    // Every combination is its own loop: a branch inside would stop the vectorisation.
+    T* c = s.c + row;
+    T* h = s.h_next + row;
     T* y = s.y_t ? s.y_t + row : nullptr;
-    if (s.gates_t) {
-      lstm_forward_row<true>(n, H, x, p, s.c + row, s.h_next + row, y,
-                             s.gates_t + b * 4 * H + j0, s.cs_t + row);
-    } else {
-      lstm_forward_row<false, T>(n, H, x, p, s.c + row, s.h_next + row, y, nullptr, nullptr);
-    }
+    T* g = s.gates_t ? s.gates_t + b * 4 * H + j0 : nullptr;
+    T* cs = s.cs_t ? s.cs_t + row : nullptr;
+    if (g && y) lstm_forward_row<true, true>(n, H, x, p, c, h, y, g, cs);
+    if (g && !y) lstm_forward_row<true, false>(n, H, x, p, c, h, y, g, cs);
+    if (!g && y) lstm_forward_row<false, true>(n, H, x, p, c, h, y, g, cs);
+    if (!g && !y) lstm_forward_row<false, false>(n, H, x, p, c, h, y, g, cs);
   }
 }
 
@@ -196,7 +199,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
   Tensor h_proj = proj ? at::empty({B, P}, opts) : Tensor();
   Tensor gates = save ? empty_output({T_steps, B, 4 * H}, opts) : empty_placeholder(opts);
   Tensor cs = save ? empty_output({T_steps, B, H}, opts) : empty_placeholder(opts);
-  const Tensor w_hr_t = proj ? w_hr->t() : Tensor();
+  const std::optional<StepOperand> w_hr_t =
+      proj ? std::optional<StepOperand>(StepOperand(w_hr->t(), B)) : std::nullopt;
   const int64_t* len = data_or_null<int64_t>(lengths);
   const Partition part(H, B * 4 * H * P);
   ForwardGemms slices(part, w_hh, 4, B);
@@ -224,7 +228,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
       lstm_forward_slice(slice);
     });
     if (proj) {
-      gemm(h_proj, h_raw, w_hr_t, false);
+      w_hr_t->multiply(h_proj, h_raw, false);
       commit_projected(B, P, t, T_steps, len, h_proj.data_ptr<T>(), h_prev.data_ptr<T>(),
                        h_next.data_ptr<T>(), y.data_ptr<T>() + t * B * P);
     }
@@ -256,10 +260,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
   // With a projection: the total gradient of every step's h (for grad_w_hr), and per unit
   // slice dh_raw = dh_total[t] @ w_hr[:, units].
   Tensor dh_total = proj ? at::zeros({T_steps, B, P}, opts) : Tensor();
-  std::vector<Tensor> dh_raw, w_hr_units;
+  std::vector<Tensor> dh_raw;
+  std::vector<StepOperand> w_hr_units;
   for (int64_t k = 0; proj && k < units.size(); ++k) {
     dh_raw.push_back(at::empty({B, units.units(k)}, opts));
-    w_hr_units.push_back(w_hr->narrow(1, units.begin(k), units.units(k)));
+    w_hr_units.emplace_back(w_hr->narrow(1, units.begin(k), units.units(k)), B);
   }
 
   auto cell_backward = [&](int64_t k, int64_t t, T* dh, bool zero_dh, const T* dy_t) {
@@ -297,7 +302,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
     });
     const Tensor total_t = dh_total[t];
     units.for_each([&](int64_t k) {
-      slice_gemm(dh_raw[k], total_t, w_hr_units[k], false);
+      w_hr_units[k].multiply(dh_raw[k], total_t, false);
       cell_backward(k, t, dh_raw[k].data_ptr<T>(), false, nullptr);
     });
   }
