@@ -14,6 +14,7 @@
 #include "cells.h"
 #include "cpu/small_batch_gemm.h"
 #include "op_common.h"
+#include "recurrent_weight_grad.h"
 
 // Row loops of float kernels are compiled twice, for AVX2+FMA machines and for any x86-64,
 // and picked at load time: the gate maths is most of a step's cost at small hidden sizes and
@@ -168,37 +169,6 @@ inline int64_t prev_time(int64_t t, bool reverse) { return reverse ? t + 1 : t -
 
 inline int64_t length_of(const int64_t* lengths, int64_t b, int64_t T) {
   return lengths == nullptr ? T : lengths[b];
-}
-
-// Gradient of the recurrent weight from the gate gradients of all steps, as two GEMMs:
-//   grad_w_hh[GH, P] = sum_{t,b} dgh[t,b]^T h_prev[t,b]
-// where h_prev is y of the neighbouring step (zero on padded steps, where dgh is zero too) or
-// h0 at each sequence's first step. dgh [T, B, GH], y [T, B, P], h0 [B, P].
-inline Tensor recurrent_weight_grad(const Tensor& dgh, const Tensor& y, const Tensor& h0,
-                                    const optional<Tensor>& lengths, bool reverse) {
-  const int64_t T = dgh.size(0), B = dgh.size(1), GH = dgh.size(2), P = y.size(2);
-  Tensor grad_w = at::zeros({GH, P}, dgh.options());
-  if (T == 0 || B == 0) return grad_w;
-  if (T > 1) {
-    // Steps whose h_prev is y of the neighbouring step.
-    const Tensor dgh_steps = reverse ? dgh.narrow(0, 0, T - 1) : dgh.narrow(0, 1, T - 1);
-    const Tensor y_prev = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
-    gemm(grad_w, dgh_steps.reshape({-1, GH}).t(), y_prev.reshape({-1, P}), true);
-  }
-  // Each sequence's first step, whose h_prev is h0: t = 0, or t = length - 1 in reverse.
-  Tensor dgh_first;
-  if (!reverse) {
-    dgh_first = dgh[0];
-  } else if (!has(lengths)) {
-    dgh_first = dgh[T - 1];
-  } else {
-    const Tensor first_t = (lengths->to(at::kLong) - 1).clamp_min(0);
-    const Tensor rows = first_t * B + at::arange(B, first_t.options());
-    // A length-0 sequence maps to row b of step 0, whose gradient is zero.
-    dgh_first = dgh.reshape({T * B, GH}).index_select(0, rows);
-  }
-  gemm(grad_w, dgh_first.t(), h0, true);
-  return grad_w;
 }
 
 }  // namespace fused_rnn::cpu

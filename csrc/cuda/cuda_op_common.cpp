@@ -136,30 +136,4 @@ Tensor barrier_counter(const Tensor& like) {
   return at::zeros({1}, like.options().dtype(at::kInt));
 }
 
-Tensor recurrent_weight_grad(const Tensor& dgh, const Tensor& y, const Tensor& h0,
-                             const optional<Tensor>& lengths, bool reverse) {
-  const int64_t T = dgh.size(0), B = dgh.size(1), GH = dgh.size(2), P = y.size(2);
-  if (T == 0 || B == 0) return at::zeros({GH, P}, dgh.options());
-  // Each sequence's first step, whose h_prev is h0: t = 0, or t = length - 1 in reverse.
-  Tensor dgh_first;
-  if (!reverse) {
-    dgh_first = dgh[0];
-  } else if (!has(lengths)) {
-    dgh_first = dgh[T - 1];
-  } else {
-    const Tensor first_t = (lengths->clamp(0, T) - 1).clamp_min(0);
-    const Tensor rows = first_t * B + at::arange(B, first_t.options());
-    // A length-0 sequence maps to row b of step 0, whose gradient is zero.
-    dgh_first = dgh.reshape({T * B, GH}).index_select(0, rows);
-  }
-  Tensor grad_w = at::mm(dgh_first.t(), h0);
-  if (T > 1) {
-    // The other steps, whose h_prev is y of the neighbouring step (zero rows where padded).
-    const Tensor dgh_steps = reverse ? dgh.narrow(0, 0, T - 1) : dgh.narrow(0, 1, T - 1);
-    const Tensor y_prev = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
-    grad_w.addmm_(dgh_steps.reshape({(T - 1) * B, GH}).t(), y_prev.reshape({(T - 1) * B, P}));
-  }
-  return grad_w;
-}
-
 }  // namespace fused_rnn::cuda

@@ -13,6 +13,7 @@
 #include "cuda/launch.h"
 #include "cuda/plan.h"
 #include "op_common.h"
+#include "recurrent_weight_grad.h"
 
 namespace fused_rnn::cuda {
 
@@ -62,11 +63,5 @@ const int64_t* lengths_ptr(const optional<Tensor>& lengths);
 
 // One zeroed counter for the grid barrier of a persistent launch.
 Tensor barrier_counter(const Tensor& like);
-
-// grad_w_hh [GH, P] = sum_{t, b} dgh[t, b]^T h_prev[t, b] as two GEMMs over all steps, where
-// h_prev is y of the neighbouring step or h0 at each sequence's first step (the CPU backend's
-// recurrent_weight_grad on ATen ops of any device). `lengths` is on dgh's device.
-Tensor recurrent_weight_grad(const Tensor& dgh, const Tensor& y, const Tensor& h0,
-                             const optional<Tensor>& lengths, bool reverse);
 
 }  // namespace fused_rnn::cuda

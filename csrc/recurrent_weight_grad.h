@@ -1,0 +1,41 @@
+// The gradient of the recurrent weight from the gate gradients of all steps, shared by every
+// backend's backward (on ATen ops, so on any device): two GEMMs after the time loop, never one
+// per step.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "op_common.h"
+
+namespace fused_rnn {
+
+// grad_w_hh [GH, P] = sum_{t,b} dgh[t,b]^T h_prev[t,b], with dgh [T, B, GH], y [T, B, P],
+// h0 [B, P]. h_prev of a step is y of the neighbouring step (zero on padded steps, where dgh is
+// zero too), or h0 at each sequence's first step. lengths: on dgh's device, or the CPU.
+inline Tensor recurrent_weight_grad(const Tensor& dgh, const Tensor& y, const Tensor& h0,
+                                    const optional<Tensor>& lengths, bool reverse) {
+  const int64_t T = dgh.size(0), B = dgh.size(1), GH = dgh.size(2), P = y.size(2);
+  if (T == 0 || B == 0) return at::zeros({GH, P}, dgh.options());
+  // Each sequence's first step, whose h_prev is h0: t = 0, or t = length - 1 in reverse.
+  Tensor dgh_first;
+  if (!reverse) {
+    dgh_first = dgh[0];
+  } else if (!has(lengths)) {
+    dgh_first = dgh[T - 1];
+  } else {
+    const Tensor first_t = (lengths->to(dgh.device(), at::kLong).clamp(0, T) - 1).clamp_min(0);
+    const Tensor rows = first_t * B + at::arange(B, first_t.options());
+    // A length-0 sequence maps to row b of step 0, whose gradient is zero.
+    dgh_first = dgh.reshape({T * B, GH}).index_select(0, rows);
+  }
+  Tensor grad_w = at::mm(dgh_first.t(), h0);
+  if (T > 1) {
+    // The other steps, whose h_prev is y of the neighbouring step.
+    const Tensor dgh_steps = reverse ? dgh.narrow(0, 0, T - 1) : dgh.narrow(0, 1, T - 1);
+    const Tensor y_prev = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
+    grad_w.addmm_(dgh_steps.reshape({(T - 1) * B, GH}).t(), y_prev.reshape({(T - 1) * B, P}));
+  }
+  return grad_w;
+}
+
+}  // namespace fused_rnn
