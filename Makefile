@@ -21,15 +21,22 @@ $(VENV)/.deps: pyproject.toml
 		pytest numpy expecttest rich matplotlib pytest-benchmark scikit-learn
 	touch $@
 
+# pip builds fused_rnn._C for the editable install; the stamp tells `build` that it is current.
+BUILT := build/.built
+SOURCES := $(shell find csrc -type f) setup.py
+
 $(VENV)/.installed: $(VENV)/.deps setup.py
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
-	touch $@
+	mkdir -p build && touch $@ && touch $(BUILT)
 
 install: $(VENV)/.installed
 
-# Incremental rebuild of fused_rnn._C after a change in csrc/ (ninja recompiles what changed).
-build: install
+# Rebuild fused_rnn._C after a change in csrc/ (ninja recompiles what changed).
+$(BUILT): $(VENV)/.installed $(SOURCES)
 	$(PY) setup.py --quiet build_ext --inplace
+	touch $@
+
+build: $(BUILT)
 
 test: build
 	$(PY) -m pytest tests -q
