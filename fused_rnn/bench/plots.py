@@ -113,8 +113,10 @@ def _figure(rows: list[dict], title: str, path: str) -> None:
             batches = sorted({b for points in lines.values() for b, _ in points})
             ax.set_xticks(batches, [str(b) for b in batches])
             ax.xaxis.set_minor_formatter(NullFormatter())
+            # Label the minor ticks too: a panel often spans less than a decade of speed-ups.
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}x"))
+            ax.tick_params(axis="y", which="minor", labelsize="x-small")
             ax.set_title(f"{cell}, {mode}")
             ax.set_xlabel("batch size")
             ax.set_ylabel("speed-up over torch.nn")
