@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <cstdlib>
 #include <limits>
@@ -48,6 +49,14 @@ inline void check_optional_like(const char* op, const char* name, const optional
 }
 
 }  // namespace detail
+
+// Held for the whole of every op's implementation. The ops take and return tensors of one
+// dtype and choose their own compute precision; when the autograd engine runs a backward
+// inside an autocast region, autocast would otherwise recast the ATen GEMMs the op calls
+// internally (at::mm of fp32 work buffers to bf16, mixing dtypes).
+struct AutocastOff {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
 
 inline bool has(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
 

@@ -2,8 +2,9 @@
 
 The schemas live in ``csrc/ops.cpp``. Every forward op has a backward op; autograd of the
 forward calls the backward op, which has no autograd of its own (no double backward).
-The Triton ops (``fused_rnn::*_triton``) have the same schemas and get the same fake kernels
-and autograd through :func:`register_op_family` with their suffix.
+The Triton ops (``fused_rnn::*_triton``) have the same schemas and get the same autograd
+through :func:`register_op_family` with their suffix (``torch.library.triton_op`` derives their
+fake kernels from the ops' Python bodies).
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """Gradient of the recurrent weight from the gate gradients of all steps: two GEMMs after the
-backward kernel (the same as recurrent_weight_grad in csrc/cpu/cpu_common.h), never one per
-step.
+backward kernel (the same as csrc/recurrent_weight_grad.h), never one per step.
 
   grad_w_hh[G*H, H] = sum_{t,b} dgh[t, b]^T h_prev[t, b]
 
@@ -18,6 +17,15 @@ def recurrent_weight_grad(
     dgh: Tensor, y: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool
 ) -> Tensor:
     """dgh [T, B, G*H], y [T, B, H], h0 [B, H] -> [G*H, H]."""
+    # A backward run inside an autocast region must not recast these GEMMs: the op chose its
+    # operands' precision itself.
+    with torch.autocast(dgh.device.type, enabled=False):
+        return _recurrent_weight_grad(dgh, y, h0, lengths, reverse)
+
+
+def _recurrent_weight_grad(
+    dgh: Tensor, y: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool
+) -> Tensor:
     T, B, GH = dgh.shape
     P = y.shape[2]
     if T == 0 or B == 0:

@@ -1,9 +1,10 @@
-// Helpers of the CPU kernels: compute-dtype conversion, the per-step GEMM, row parallelism,
-// time-step order and the weight-gradient GEMMs shared by every cell.
+// Helpers of the CPU kernels: compute-dtype conversion, the split of the hidden units across
+// threads, the per-step products and the time-step order, shared by every cell.
 //
 // The CPU kernels compute in the accumulation type: float for fp32/fp16/bf16 storage (fp16 and
-// bf16 tensors are converted once at the op's boundary), double for fp64. Every step is one
-// GEMM into a preallocated buffer followed by one fused pointwise pass over the batch rows.
+// bf16 tensors are converted once at the op's boundary), double for fp64. Every step is, on each
+// thread's slice of hidden units, one GEMM into a preallocated buffer and one fused pointwise
+// pass over the batch rows.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -61,8 +62,8 @@ inline void gemm(Tensor& out, const Tensor& a, const Tensor& b, bool accumulate)
 // does all the work of its units: in the forward, the recurrent product of their gate rows
 // (all G gates of a unit, so the cell maths needs nothing from other threads) and their cell
 // maths; in the backward, their gate gradients and their columns of dh = dgates @ w_hh. One
-// fork/join per step, and each thread's slice of w_hh stays in its own core's cache for all
-// T steps instead of streaming through a whole-matrix GEMM every step.
+// fork/join per step (two for an LSTM with a projection), and each thread's slice of w_hh stays
+// in its own core's cache for all T steps instead of streaming through a whole-matrix GEMM.
 class Partition {
  public:
   // [0, size) in contiguous slices. work_per_step: multiply-adds of one step's recurrent

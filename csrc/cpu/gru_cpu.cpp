@@ -232,6 +232,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_cpu(const Tensor& gx, const Tenso
                                                    const optional<Tensor>& b_hh, const Tensor& h0,
                                                    const optional<Tensor>& lengths, bool reverse,
                                                    bool save_for_backward) {
+  const AutocastOff autocast_off;
   const RecurrenceSizes n = check_forward_inputs("fused_rnn::gru_forward", 3, gx, w_hh,
                                                  c10::nullopt, h0, c10::nullopt, b_hh, lengths);
   const auto storage = gx.scalar_type();
@@ -248,6 +249,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_cpu(
     const optional<Tensor>& grad_y, const optional<Tensor>& grad_h_n, const Tensor& w_hh,
     const Tensor& h0, const Tensor& y, const Tensor& gates, const optional<Tensor>& lengths,
     bool reverse) {
+  const AutocastOff autocast_off;
   const char* op = "fused_rnn::gru_backward";
   const RecurrenceSizes n = check_backward_inputs(op, 3, w_hh, c10::nullopt, h0, c10::nullopt,
                                                   y, lengths, grad_y, grad_h_n, c10::nullopt);

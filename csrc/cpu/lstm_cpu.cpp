@@ -329,6 +329,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
     const Tensor& gx, const Tensor& w_hh, const optional<Tensor>& w_hr, const Tensor& h0,
     const Tensor& c0, const optional<Tensor>& lengths, bool reverse, bool save_for_backward) {
+  const AutocastOff autocast_off;
   const RecurrenceSizes n =
       check_forward_inputs("fused_rnn::lstm_forward", 4, gx, w_hh, w_hr, h0, c0, c10::nullopt, lengths);
   const auto storage = gx.scalar_type();
@@ -348,6 +349,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cpu(
     const optional<Tensor>& grad_c_n, const Tensor& w_hh, const optional<Tensor>& w_hr,
     const Tensor& h0, const Tensor& c0, const Tensor& y, const Tensor& gates, const Tensor& cs,
     const optional<Tensor>& lengths, bool reverse) {
+  const AutocastOff autocast_off;
   const char* op = "fused_rnn::lstm_backward";
   const RecurrenceSizes n = check_backward_inputs(op, 4, w_hh, w_hr, h0, c0, y, lengths, grad_y,
                                                   grad_h_n, grad_c_n);

@@ -172,6 +172,7 @@ template <Nonlinearity kAct>
 std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& gx, const Tensor& w_hh,
                                            const Tensor& h0, const optional<Tensor>& lengths,
                                            bool reverse) {
+  const AutocastOff autocast_off;
   const char* op = kAct == Nonlinearity::kTanh ? "fused_rnn::rnn_tanh_forward"
                                                : "fused_rnn::rnn_relu_forward";
   const RecurrenceSizes n = check_forward_inputs(op, 1, gx, w_hh, c10::nullopt, h0,
@@ -192,6 +193,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_cpu(const optional<Tensor>& grad
                                                     const Tensor& y,
                                                     const optional<Tensor>& lengths,
                                                     bool reverse) {
+  const AutocastOff autocast_off;
   const char* op = kAct == Nonlinearity::kTanh ? "fused_rnn::rnn_tanh_backward"
                                                : "fused_rnn::rnn_relu_backward";
   const RecurrenceSizes n = check_backward_inputs(op, 1, w_hh, c10::nullopt, h0, c10::nullopt,

@@ -146,6 +146,7 @@ GruForwardOutputs gru_forward_cuda(const Tensor& gx, const Tensor& w_hh,
                                    const optional<Tensor>& b_hh, const Tensor& h0,
                                    const optional<Tensor>& lengths, bool reverse,
                                    bool save_for_backward) {
+  const AutocastOff autocast_off;
   const RecurrenceSizes n = check_forward_inputs(kForwardOp, 3, gx, w_hh, c10::nullopt, h0,
                                                  c10::nullopt, b_hh, lengths);
   const c10::cuda::CUDAGuard guard(gx.device());
@@ -157,6 +158,7 @@ GruBackwardOutputs gru_backward_cuda(const optional<Tensor>& grad_y,
                                      const optional<Tensor>& grad_h_n, const Tensor& w_hh,
                                      const Tensor& h0, const Tensor& y, const Tensor& gates,
                                      const optional<Tensor>& lengths, bool reverse) {
+  const AutocastOff autocast_off;
   const RecurrenceSizes n = check_backward_inputs(kBackwardOp, 3, w_hh, c10::nullopt, h0,
                                                   c10::nullopt, y, lengths, grad_y, grad_h_n,
                                                   c10::nullopt);
@@ -172,6 +174,7 @@ GruForwardOutputs gru_forward_emulated(const Tensor& gx, const Tensor& w_hh,
                                        bool save_for_backward, const std::string& algo,
                                        int64_t sm_count, int64_t smem_per_block,
                                        bool allow_tf32) {
+  const AutocastOff autocast_off;
   const RecurrenceSizes n =
       check_forward_inputs("fused_rnn_cuda::gru_forward_emulated", 3, gx, w_hh, c10::nullopt, h0,
                            c10::nullopt, b_hh, lengths);
@@ -185,6 +188,7 @@ GruBackwardOutputs gru_backward_emulated(const optional<Tensor>& grad_y,
                                          const optional<Tensor>& lengths, bool reverse,
                                          const std::string& algo, int64_t sm_count,
                                          int64_t smem_per_block, bool allow_tf32) {
+  const AutocastOff autocast_off;
   const char* op = "fused_rnn_cuda::gru_backward_emulated";
   const RecurrenceSizes n = check_backward_inputs(op, 3, w_hh, c10::nullopt, h0, c10::nullopt, y,
                                                   lengths, grad_y, grad_h_n, c10::nullopt);

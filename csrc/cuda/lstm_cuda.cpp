@@ -185,6 +185,7 @@ LstmForwardOutputs lstm_forward_cuda(const Tensor& gx, const Tensor& w_hh,
                                      const optional<Tensor>& w_hr, const Tensor& h0,
                                      const Tensor& c0, const optional<Tensor>& lengths,
                                      bool reverse, bool save_for_backward) {
+  const AutocastOff autocast_off;
   const RecurrenceSizes n =
       check_forward_inputs(kForwardOp, 4, gx, w_hh, w_hr, h0, c0, c10::nullopt, lengths);
   const c10::cuda::CUDAGuard guard(gx.device());
@@ -199,6 +200,7 @@ LstmBackwardOutputs lstm_backward_cuda(const optional<Tensor>& grad_y,
                                        const Tensor& c0, const Tensor& y, const Tensor& gates,
                                        const Tensor& cs, const optional<Tensor>& lengths,
                                        bool reverse) {
+  const AutocastOff autocast_off;
   const RecurrenceSizes n = check_backward_inputs(kBackwardOp, 4, w_hh, w_hr, h0, c0, y, lengths,
                                                   grad_y, grad_h_n, grad_c_n);
   check_workspace(kBackwardOp, "gates", gates, y, {n.T, n.B, 4 * n.H});
@@ -214,6 +216,7 @@ LstmForwardOutputs lstm_forward_emulated(const Tensor& gx, const Tensor& w_hh,
                                          bool reverse, bool save_for_backward,
                                          const std::string& algo, int64_t sm_count,
                                          int64_t smem_per_block, bool allow_tf32) {
+  const AutocastOff autocast_off;
   const RecurrenceSizes n = check_forward_inputs("fused_rnn_cuda::lstm_forward_emulated", 4, gx,
                                                  w_hh, w_hr, h0, c0, c10::nullopt, lengths);
   return lstm_forward_run(gx, w_hh, w_hr, h0, c0, lengths, reverse, save_for_backward, n,
@@ -226,6 +229,7 @@ LstmBackwardOutputs lstm_backward_emulated(
     const Tensor& h0, const Tensor& c0, const Tensor& y, const Tensor& gates, const Tensor& cs,
     const optional<Tensor>& lengths, bool reverse, const std::string& algo, int64_t sm_count,
     int64_t smem_per_block, bool allow_tf32) {
+  const AutocastOff autocast_off;
   const char* op = "fused_rnn_cuda::lstm_backward_emulated";
   const RecurrenceSizes n =
       check_backward_inputs(op, 4, w_hh, w_hr, h0, c0, y, lengths, grad_y, grad_h_n, grad_c_n);

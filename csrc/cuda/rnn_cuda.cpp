@@ -144,6 +144,7 @@ template <Nonlinearity kAct>
 std::tuple<Tensor, Tensor> rnn_forward_cuda(const Tensor& gx, const Tensor& w_hh,
                                             const Tensor& h0, const optional<Tensor>& lengths,
                                             bool reverse) {
+  const AutocastOff autocast_off;
   const RecurrenceSizes n = check_forward_inputs(forward_op_name<kAct>(), 1, gx, w_hh,
                                                  c10::nullopt, h0, c10::nullopt, c10::nullopt,
                                                  lengths);
@@ -158,6 +159,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_cuda(const optional<Tensor>& gra
                                                      const Tensor& y,
                                                      const optional<Tensor>& lengths,
                                                      bool reverse) {
+  const AutocastOff autocast_off;
   const RecurrenceSizes n =
       check_backward_inputs(backward_op_name<kAct>(), 1, w_hh, c10::nullopt, h0, c10::nullopt, y,
                             lengths, grad_y, grad_h_n, c10::nullopt);
@@ -177,6 +179,7 @@ std::tuple<Tensor, Tensor> rnn_forward_emulated(const std::string& nonlinearity,
                                                 const optional<Tensor>& lengths, bool reverse,
                                                 const std::string& algo, int64_t sm_count,
                                                 int64_t smem_per_block, bool allow_tf32) {
+  const AutocastOff autocast_off;
   const RecurrenceSizes n =
       check_forward_inputs("fused_rnn_cuda::rnn_forward_emulated", 1, gx, w_hh, c10::nullopt, h0,
                            c10::nullopt, c10::nullopt, lengths);
@@ -189,6 +192,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_emulated(
     const optional<Tensor>& grad_h_n, const Tensor& w_hh, const Tensor& h0, const Tensor& y,
     const optional<Tensor>& lengths, bool reverse, const std::string& algo, int64_t sm_count,
     int64_t smem_per_block, bool allow_tf32) {
+  const AutocastOff autocast_off;
   const RecurrenceSizes n =
       check_backward_inputs("fused_rnn_cuda::rnn_backward_emulated", 1, w_hh, c10::nullopt, h0,
                             c10::nullopt, y, lengths, grad_y, grad_h_n, c10::nullopt);
