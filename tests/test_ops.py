@@ -9,10 +9,14 @@ from fused_rnn import reference
 ops = torch.ops.fused_rnn
 F64 = torch.float64
 
-# (T, B, H, P): odd sizes, T=1, B=1, H=1; batches of at most 4 rows take the small-batch GEMM;
-# the last two are large enough (with 2 threads) for the forward to split the hidden units
-# across threads, with the small-batch GEMM and with BLAS.
+# (T, B, H, P): odd sizes, T=1, B=1, H=1; the last two are large enough (with 2 threads) for the
+# steps to split the hidden units across threads.
 SHAPES = [(5, 3, 4, 4), (1, 1, 1, 1), (4, 2, 3, 3), (3, 6, 17, 17), (3, 4, 64, 64), (4, 6, 96, 96)]
+# fp32 runs a step's products on the packed GEMM (cpu_common.h: forward up to 64 batch rows,
+# backward up to 8) or on BLAS: hidden sizes that leave partial panels, partial 8-column blocks
+# and K % 8 != 0 in the packing, on one thread's slice and on two; a partial block of rows;
+# BLAS in the backward only (B = 12) and in both (B = 66).
+FP32_SHAPES = [(3, 3, 21, 21), (2, 1, 45, 45), (3, 2, 70, 70), (3, 12, 20, 20), (2, 66, 9, 9)]
 LENGTHS = ["none", "varied"]
 
 
@@ -91,10 +95,10 @@ def test_op_matches_reference_fp64(cell, shape, lengths_kind, reverse):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + FP32_SHAPES)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_op_matches_reference_fp32(cell, shape, reverse):
-    """fp32 (the vectorised exp and the small-batch GEMM run here) within 1e-5 of fp64."""
+    """fp32 (the vectorised exp and the packed GEMM run here) within 1e-5 of fp64."""
     torch.set_num_threads(2)
     compare(cell, shape, "varied", reverse, torch.float32, atol=2e-5)
 

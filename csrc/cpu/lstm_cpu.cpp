@@ -200,7 +200,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
   Tensor gates = save ? empty_output({T_steps, B, 4 * H}, opts) : empty_placeholder(opts);
   Tensor cs = save ? empty_output({T_steps, B, H}, opts) : empty_placeholder(opts);
   const std::optional<StepOperand> w_hr_t =
-      proj ? std::optional<StepOperand>(StepOperand(w_hr->t(), B)) : std::nullopt;
+      proj ? std::optional<StepOperand>(StepOperand(w_hr->t(), B, kForwardPackedMaxRows))
+           : std::nullopt;
   const int64_t* len = data_or_null<int64_t>(lengths);
   const Partition part(H, B * 4 * H * P);
   ForwardGemms slices(part, w_hh, 4, B);
@@ -264,7 +265,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
   std::vector<StepOperand> w_hr_units;
   for (int64_t k = 0; proj && k < units.size(); ++k) {
     dh_raw.push_back(at::empty({B, units.units(k)}, opts));
-    w_hr_units.emplace_back(w_hr->narrow(1, units.begin(k), units.units(k)), B);
+    // K = P, as in the forward's products
+    w_hr_units.emplace_back(w_hr->narrow(1, units.begin(k), units.units(k)), B,
+                            kForwardPackedMaxRows);
   }
 
   auto cell_backward = [&](int64_t k, int64_t t, T* dh, bool zero_dh, const T* dy_t) {
