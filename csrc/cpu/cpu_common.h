@@ -107,8 +107,20 @@ class StepOperand {
  public:
   StepOperand() = default;
   StepOperand(const Tensor& b, int64_t B, int64_t max_packed_rows)
-      : b_(b), packed_gemm_(b.scalar_type() == at::kFloat && B > 0 && B <= max_packed_rows) {
+      : b_(b), packed_gemm_(use_packed_gemm(b.scalar_type(), B, max_packed_rows)) {
     if (packed_gemm_) packed_ = pack_gemm_operand(b, B);
+  }
+
+  // b = cat(weight_rows).t(); concatenated only for BLAS, packed straight from the rows.
+  static StepOperand from_rows(at::TensorList weight_rows, int64_t B, int64_t max_packed_rows) {
+    StepOperand op;
+    op.packed_gemm_ = use_packed_gemm(weight_rows[0].scalar_type(), B, max_packed_rows);
+    if (op.packed_gemm_) {
+      op.packed_ = pack_gemm_operand_from_rows(weight_rows, B);
+    } else {
+      op.b_ = at::cat(weight_rows).t();
+    }
+    return op;
   }
 
   // out (contiguous [B, N]) (+)= a (contiguous [B, K]) @ b
@@ -122,6 +134,10 @@ class StepOperand {
   }
 
  private:
+  static bool use_packed_gemm(at::ScalarType dtype, int64_t B, int64_t max_packed_rows) {
+    return dtype == at::kFloat && B > 0 && B <= max_packed_rows;
+  }
+
   Tensor b_, packed_;
   bool packed_gemm_ = false;
 };
@@ -141,7 +157,7 @@ struct ForwardGemms {
       std::vector<Tensor> rows;
       for (int64_t g = 0; g < G; ++g) rows.push_back(w_hh.narrow(0, g * H + part.begin(k), part.units(k)));
       const int64_t n = G * part.units(k);
-      w_t[k] = StepOperand(at::cat(rows).t(), B, kForwardPackedMaxRows);
+      w_t[k] = StepOperand::from_rows(rows, B, kForwardPackedMaxRows);
       pre[k] = pre_buffer.narrow(0, B * G * part.begin(k), B * n).view({B, n});
     });
   }

@@ -9,12 +9,12 @@ namespace {
 using detail::float8;
 typedef int int8v __attribute__((vector_size(32)));
 
-// dst[k * ldd + i] = src[i * lds + k] for an 8 x 8 block: eight rows of 8 floats in, their
+// dst[k * ldd + i] = rows[i][k0 + k] for an 8 x 8 block: eight rows of 8 floats in, their
 // columns out. Three rounds of shuffles (unpack pairs, pairs of pairs, 128-bit halves).
-inline __attribute__((always_inline)) void transpose_8x8(const float* src, int64_t lds,
+inline __attribute__((always_inline)) void transpose_8x8(const float* const* rows, int64_t k0,
                                                          float* dst, int64_t ldd) {
   float8 r[8], t[8], u[8];
-  for (int i = 0; i < 8; ++i) r[i] = *reinterpret_cast<const float8*>(src + i * lds);
+  for (int i = 0; i < 8; ++i) r[i] = *reinterpret_cast<const float8*>(rows[i] + k0);
   for (int i = 0; i < 8; i += 2) {
     t[i] = __builtin_shuffle(r[i], r[i + 1], int8v{0, 8, 1, 9, 4, 12, 5, 13});
     t[i + 1] = __builtin_shuffle(r[i], r[i + 1], int8v{2, 10, 3, 11, 6, 14, 7, 15});
@@ -34,26 +34,21 @@ inline __attribute__((always_inline)) void transpose_8x8(const float* src, int64
   }
 }
 
-// panel[k * w + j] = src[j * stride_n + k * stride_k] for k < K, j < w.
-FUSED_RNN_CPU_CLONES void pack_transposed_panel(const float* src, int64_t stride_k,
-                                                int64_t stride_n, int64_t K, int64_t w,
-                                                float* panel) {
+// panel[k * w + j] = columns[j][k] for k < K, j < w: each column of b contiguous (a row of the
+// weight). 8 x 8 blocks, k-major so that a block row of the panel is written while its lines
+// are in L1.
+FUSED_RNN_CPU_CLONES void pack_panel_from_columns(const float* const* columns, int64_t K,
+                                                  int64_t w, float* panel) {
+  const int64_t K8 = K - K % 8;
   int64_t j0 = 0;
-  if (stride_k == 1) {
-    // Contiguous columns (a transposed row-major weight): 8 x 8 blocks, k-major so that a
-    // block row of the panel is written while its lines are in L1.
-    const int64_t K8 = K - K % 8;
-    for (; j0 + 8 <= w; j0 += 8) {
-      for (int64_t k = 0; k < K8; k += 8) {
-        transpose_8x8(src + j0 * stride_n + k, stride_n, panel + k * w + j0, w);
-      }
-      for (int64_t k = K8; k < K; ++k) {
-        for (int64_t j = j0; j < j0 + 8; ++j) panel[k * w + j] = src[j * stride_n + k];
-      }
+  for (; j0 + 8 <= w; j0 += 8) {
+    for (int64_t k = 0; k < K8; k += 8) transpose_8x8(columns + j0, k, panel + k * w + j0, w);
+    for (int64_t k = K8; k < K; ++k) {
+      for (int64_t j = j0; j < j0 + 8; ++j) panel[k * w + j] = columns[j][k];
     }
   }
   for (int64_t j = j0; j < w; ++j) {
-    for (int64_t k = 0; k < K; ++k) panel[k * w + j] = src[j * stride_n + k * stride_k];
+    for (int64_t k = 0; k < K; ++k) panel[k * w + j] = columns[j][k];
   }
 }
 
@@ -62,22 +57,41 @@ FUSED_RNN_CPU_CLONES void pack_transposed_panel(const float* src, int64_t stride
 at::Tensor pack_gemm_operand(const at::Tensor& b, int64_t M) {
   TORCH_CHECK(b.dim() == 2 && b.scalar_type() == at::kFloat,
               "pack_gemm_operand: expected a 2-D float tensor");
+  if (b.stride(1) != 1) {
+    // b is a transposed weight: its columns are the weight's rows (contiguous after this).
+    const at::Tensor rows = b.t().contiguous();
+    return pack_gemm_operand_from_rows({rows}, M);
+  }
   const int64_t K = b.size(0), N = b.size(1), W = packed_gemm_panel_width(M);
-  const int64_t stride_k = b.stride(0), stride_n = b.stride(1);
   const float* src = b.data_ptr<float>();
   at::Tensor packed = at::empty({K * N}, b.options());
+  float* dst = packed.data_ptr<float>();
+  for (int64_t p0 = 0; p0 < N; p0 += W) {
+    const int64_t w = std::min(W, N - p0);
+    float* panel = dst + p0 * K;  // [K][w]
+    for (int64_t k = 0; k < K; ++k) std::copy_n(src + k * b.stride(0) + p0, w, panel + k * w);
+  }
+  return packed;
+}
+
+at::Tensor pack_gemm_operand_from_rows(at::TensorList weight_rows, int64_t M) {
+  TORCH_CHECK(!weight_rows.empty(), "pack_gemm_operand_from_rows: no rows");
+  const int64_t K = weight_rows[0].size(1);
+  // Column j of b: a pointer to row j of the concatenated blocks.
+  std::vector<const float*> columns;
+  for (const at::Tensor& rows : weight_rows) {
+    TORCH_CHECK(rows.dim() == 2 && rows.scalar_type() == at::kFloat && rows.size(1) == K &&
+                    rows.stride(1) == 1,
+                "pack_gemm_operand_from_rows: expected float [n, K] blocks with contiguous rows");
+    for (int64_t r = 0; r < rows.size(0); ++r) columns.push_back(rows.data_ptr<float>() + r * rows.stride(0));
+  }
+  const int64_t N = static_cast<int64_t>(columns.size()), W = packed_gemm_panel_width(M);
+  at::Tensor packed = at::empty({K * N}, weight_rows[0].options());
   float* dst = packed.data_ptr<float>();
   // Packing runs on every call: with a strided copy_ per panel it cost more than the whole
   // recurrence of a short sequence.
   for (int64_t p0 = 0; p0 < N; p0 += W) {
-    const int64_t w = std::min(W, N - p0);
-    float* panel = dst + p0 * K;  // [K][w]
-    if (stride_n == 1) {
-      for (int64_t k = 0; k < K; ++k) std::copy_n(src + k * stride_k + p0, w, panel + k * w);
-    } else {
-      // b is a transposed weight: b's columns are the weight's rows.
-      pack_transposed_panel(src + p0 * stride_n, stride_k, stride_n, K, w, panel);
-    }
+    pack_panel_from_columns(columns.data() + p0, K, std::min(W, N - p0), dst + p0 * K);
   }
   return packed;
 }

@@ -28,6 +28,10 @@ constexpr int64_t packed_gemm_panel_width(int64_t M) { return 8 * packed_gemm_ve
 // [p*W, p*W + w_p) as [K][w_p] contiguous at offset p*W*K, w_p = min(W, N - p*W).
 at::Tensor pack_gemm_operand(const at::Tensor& b, int64_t M);
 
+// The same for b = cat(weight_rows).t() (float [n_i, K] blocks with contiguous rows), read in
+// place: a slice's gate rows are packed without first being concatenated.
+at::Tensor pack_gemm_operand_from_rows(at::TensorList weight_rows, int64_t M);
+
 // out[M, N] (+)= a[M, K] @ b, with b packed by pack_gemm_operand(b, M) for this M.
 void packed_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
                  const float* packed, float* out, int64_t ldo, bool accumulate);
