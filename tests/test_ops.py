@@ -12,11 +12,20 @@ F64 = torch.float64
 # (T, B, H, P): odd sizes, T=1, B=1, H=1; the last two are large enough (with 2 threads) for the
 # steps to split the hidden units across threads.
 SHAPES = [(5, 3, 4, 4), (1, 1, 1, 1), (4, 2, 3, 3), (3, 6, 17, 17), (3, 4, 64, 64), (4, 6, 96, 96)]
-# fp32 runs a step's products on the packed GEMM (cpu_common.h: forward up to 64 batch rows,
-# backward up to 8) or on BLAS: hidden sizes that leave partial panels, partial 8-column blocks
+# fp32 runs a step's products on the packed GEMM (cpu_common.h: forward up to 256 batch rows,
+# backward up to 64) or on BLAS: hidden sizes that leave partial panels, partial 8-column blocks
 # and K % 8 != 0 in the packing, on one thread's slice and on two; a partial block of rows;
-# BLAS in the backward only (B = 12) and in both (B = 66).
-FP32_SHAPES = [(3, 3, 21, 21), (2, 1, 45, 45), (3, 2, 70, 70), (3, 12, 20, 20), (2, 66, 9, 9)]
+# K beyond one chunk of 256 panel rows with a partial last chunk (backward of H = 70, both
+# directions of H = 260); BLAS in the backward only (B = 66) and in both (B = 258).
+FP32_SHAPES = [
+    (3, 3, 21, 21),
+    (2, 1, 45, 45),
+    (3, 2, 70, 70),
+    (3, 12, 20, 20),
+    (2, 66, 9, 9),
+    (2, 3, 260, 260),
+    (2, 258, 5, 5),
+]
 LENGTHS = ["none", "varied"]
 
 

@@ -94,11 +94,12 @@ class Partition {
 };
 
 // Largest batch for which a step's product runs on packed_gemm rather than BLAS, measured on
-// a 2-core AMD EPYC (Zen 4), fp32, H 128 and 256: the forward's products (K = P, panels of
-// 24 KB at P = 256 that stay in L1) win up to B = 64 (1.1-1.7x; MKL is ahead at 256); the
-// backward's (K = G * H, panels beyond L1) only up to B = 8.
-constexpr int64_t kForwardPackedMaxRows = 64;
-constexpr int64_t kBackwardPackedMaxRows = 8;
+// a 2-core AMD EPYC (Zen 4), fp32, H 128 and 256, LSTM, GRU and RNN ops side by side: the
+// forward's products (K = P) win at every batch up to 256 (1.05-1.4x); the backward's
+// (K = G * H, in chunks of 256) win or tie up to 64 (up to 1.15x at B = 16) and are mixed
+// beyond.
+constexpr int64_t kForwardPackedMaxRows = 256;
+constexpr int64_t kBackwardPackedMaxRows = 64;
 
 // The weight operand of a per-step product out[B, N] (+)= a[B, K] @ b[K, N], prepared once per
 // call: in fp32 with B <= max_packed_rows packed into panels for packed_gemm, else b itself

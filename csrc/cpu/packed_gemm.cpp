@@ -100,6 +100,13 @@ FUSED_RNN_CPU_CLONES void packed_gemm(int64_t M, int64_t N, int64_t K, const flo
                                       int64_t lda, const float* packed, float* out, int64_t ldo,
                                       bool accumulate) {
   TORCH_CHECK(M >= 1, "packed_gemm: M must be positive, got ", M);
+  if (K == 0) {
+    // no chunk of k runs: a product over nothing is zero
+    if (!accumulate) {
+      for (int64_t m = 0; m < M; ++m) std::fill_n(out + m * ldo, N, 0.0f);
+    }
+    return;
+  }
   switch (packed_gemm_vectors(M)) {
     case 8: return detail::packed_gemm_panels<8>(M, N, K, a, lda, packed, out, ldo, accumulate);
     case 4: return detail::packed_gemm_panels<4>(M, N, K, a, lda, packed, out, ldo, accumulate);
