@@ -112,6 +112,21 @@ def test_op_matches_reference_fp32(cell, shape, reverse):
     compare(cell, shape, "varied", reverse, torch.float32, atol=2e-5)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("threads", [1, 3, 4])
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_op_thread_counts(cell, threads, dtype):
+    """The steps' slices run in one parallel region with a barrier between steps: any thread
+    count (more threads than cores included, where the waits must yield) gives the reference's
+    results, forward and backward."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        compare(cell, (7, 3, 96, 96), "varied", False, dtype, atol=1e-10 if dtype == F64 else 2e-5)
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("shape", [(5, 3, 4, 6), (4, 2, 24, 40)])
 @pytest.mark.parametrize("lengths_kind", LENGTHS)
 @pytest.mark.parametrize("reverse", [False, True])

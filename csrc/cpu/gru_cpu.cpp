@@ -157,36 +157,34 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& gx, const Tens
   const int64_t T_steps = n.T, B = n.B, H = n.H;
   const auto opts = gx.options();
   Tensor y = empty_output({T_steps, B, H}, opts);
-  Tensor h_prev = h0.clone();  // [B, H]; h_prev/h_next swap every step
-  Tensor h_next = at::empty({B, H}, opts);
+  // [B, H] each: h_state[s % 2] is h before step s, h_state[(s + 1) % 2] after it
+  const Tensor h_state[2] = {h0.clone(), at::empty({B, H}, opts)};
   Tensor gates = save ? empty_output({T_steps, B, 4 * H}, opts) : empty_placeholder(opts);
   const int64_t* len = data_or_null<int64_t>(lengths);
   const Partition part(H, B * 3 * H * H);
   ForwardGemms slices(part, w_hh, 3, B);
 
-  for (int64_t s = 0; s < T_steps; ++s) {
+  part.for_each_step(T_steps, [&](int64_t k, int64_t s) {
     const int64_t t = time_at(s, T_steps, reverse);
-    part.for_each([&](int64_t k) {
-      slices.run(k, h_prev);
-      const ForwardSlice<T> slice{B,
-                                  H,
-                                  part.begin(k),
-                                  part.units(k),
-                                  t,
-                                  T_steps,
-                                  gx.data_ptr<T>() + t * B * 3 * H,
-                                  slices.pre[k].data_ptr<T>(),
-                                  data_or_null<T>(b_hh),
-                                  h_prev.data_ptr<T>(),
-                                  h_next.data_ptr<T>(),
-                                  y.data_ptr<T>() + t * B * H,
-                                  save ? gates.data_ptr<T>() + t * B * 4 * H : nullptr,
-                                  len};
-      gru_forward_slice(slice);
-    });
-    std::swap(h_prev, h_next);
-  }
-  return {y, h_prev, gates};
+    const Tensor& h_prev = h_state[s % 2];
+    slices.run(k, h_prev);
+    const ForwardSlice<T> slice{B,
+                                H,
+                                part.begin(k),
+                                part.units(k),
+                                t,
+                                T_steps,
+                                gx.data_ptr<T>() + t * B * 3 * H,
+                                slices.pre[k].data_ptr<T>(),
+                                data_or_null<T>(b_hh),
+                                h_prev.data_ptr<T>(),
+                                h_state[(s + 1) % 2].data_ptr<T>(),
+                                y.data_ptr<T>() + t * B * H,
+                                save ? gates.data_ptr<T>() + t * B * 4 * H : nullptr,
+                                len};
+    gru_forward_slice(slice);
+  });
+  return {y, h_state[T_steps % 2], gates};
 }
 
 template <typename T>
@@ -205,19 +203,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   const Partition units(H, B * 3 * H * H);
   BackwardState state(units, w_hh, grad_h_n, B);
 
-  for (int64_t s = T_steps - 1; s >= 0; --s) {
-    const int64_t t = time_at(s, T_steps, reverse);
-    const Tensor* dgh_after = s + 1 < T_steps ? &dgh_steps[time_at(s + 1, T_steps, reverse)] : nullptr;
-    units.for_each([&](int64_t k) {
-      if (dgh_after) state.add_recurrent(k, *dgh_after);
-      const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps, reverse,
-                                   gates.data_ptr<T>(), y.data_ptr<T>(), h0.data_ptr<T>(),
-                                   dy ? dy + t * B * H : nullptr, state.dh[k].data_ptr<T>(),
-                                   dgh_steps[t].data_ptr<T>(),
-                                   dgx_n.data_ptr<T>() + t * B * H, len};
-      gru_backward_slice(slice);
-    });
-  }
+  // Position i runs step s = T - 1 - i of the forward order.
+  units.for_each_step(T_steps, [&](int64_t k, int64_t i) {
+    const int64_t s = T_steps - 1 - i, t = time_at(s, T_steps, reverse);
+    if (i > 0) state.add_recurrent(k, dgh_steps[time_at(s + 1, T_steps, reverse)]);
+    const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps, reverse,
+                                 gates.data_ptr<T>(), y.data_ptr<T>(), h0.data_ptr<T>(),
+                                 dy ? dy + t * B * H : nullptr, state.dh[k].data_ptr<T>(),
+                                 dgh_steps[t].data_ptr<T>(),
+                                 dgx_n.data_ptr<T>() + t * B * H, len};
+    gru_backward_slice(slice);
+  });
   // The recurrent part of the first step's gate gradients reaches h0.
   if (T_steps > 0) {
     units.for_each([&](int64_t k) { state.add_recurrent(k, dgh_steps[time_at(0, T_steps, reverse)]); });

@@ -192,8 +192,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
   const bool proj = has(w_hr);
 
   Tensor y = empty_output({T_steps, B, P}, opts);
-  Tensor h_prev = h0.clone();  // [B, P]; h_prev/h_next swap every step
-  Tensor h_next = at::empty({B, P}, opts);
+  // [B, P] each: h_state[s % 2] is h before step s, h_state[(s + 1) % 2] after it
+  const Tensor h_state[2] = {h0.clone(), at::empty({B, P}, opts)};
   Tensor c = c0.clone();       // [B, H], updated in place
   Tensor h_raw = proj ? at::zeros({B, H}, opts) : Tensor();  // o * tanh(c) before w_hr
   Tensor h_proj = proj ? at::empty({B, P}, opts) : Tensor();
@@ -206,36 +206,43 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
   const Partition part(H, B * 4 * H * P);
   ForwardGemms slices(part, w_hh, 4, B);
 
-  for (int64_t s = 0; s < T_steps; ++s) {
+  // Slice k of step s: its units' gate products, then their cell maths.
+  auto step = [&](int64_t k, int64_t s) {
     const int64_t t = time_at(s, T_steps, reverse);
-    part.for_each([&](int64_t k) {
-      slices.run(k, h_prev);
-      const ForwardSlice<T> slice{B,
-                                  H,
-                                  part.begin(k),
-                                  part.units(k),
-                                  t,
-                                  T_steps,
-                                  gx.data_ptr<T>() + t * B * 4 * H,
-                                  slices.pre[k].data_ptr<T>(),
-                                  // with a projection the commit below handles finished rows
-                                  proj ? nullptr : h_prev.data_ptr<T>(),
-                                  proj ? h_raw.data_ptr<T>() : h_next.data_ptr<T>(),
-                                  c.data_ptr<T>(),
-                                  proj ? nullptr : y.data_ptr<T>() + t * B * P,
-                                  save ? gates.data_ptr<T>() + t * B * 4 * H : nullptr,
-                                  save ? cs.data_ptr<T>() + t * B * H : nullptr,
-                                  len};
-      lstm_forward_slice(slice);
-    });
-    if (proj) {
+    const Tensor& h_prev = h_state[s % 2];
+    const Tensor& h_next = h_state[(s + 1) % 2];
+    slices.run(k, h_prev);
+    const ForwardSlice<T> slice{B,
+                                H,
+                                part.begin(k),
+                                part.units(k),
+                                t,
+                                T_steps,
+                                gx.data_ptr<T>() + t * B * 4 * H,
+                                slices.pre[k].data_ptr<T>(),
+                                // with a projection the commit below handles finished rows
+                                proj ? nullptr : h_prev.data_ptr<T>(),
+                                proj ? h_raw.data_ptr<T>() : h_next.data_ptr<T>(),
+                                c.data_ptr<T>(),
+                                proj ? nullptr : y.data_ptr<T>() + t * B * P,
+                                save ? gates.data_ptr<T>() + t * B * 4 * H : nullptr,
+                                save ? cs.data_ptr<T>() + t * B * H : nullptr,
+                                len};
+    lstm_forward_slice(slice);
+  };
+  if (!proj) {
+    part.for_each_step(T_steps, step);
+  } else {
+    // The projection's product needs all units of h_raw: it runs between the steps.
+    for (int64_t s = 0; s < T_steps; ++s) {
+      const int64_t t = time_at(s, T_steps, reverse);
+      part.for_each([&](int64_t k) { step(k, s); });
       w_hr_t->multiply(h_proj, h_raw, false);
-      commit_projected(B, P, t, T_steps, len, h_proj.data_ptr<T>(), h_prev.data_ptr<T>(),
-                       h_next.data_ptr<T>(), y.data_ptr<T>() + t * B * P);
+      commit_projected(B, P, t, T_steps, len, h_proj.data_ptr<T>(), h_state[s % 2].data_ptr<T>(),
+                       h_state[(s + 1) % 2].data_ptr<T>(), y.data_ptr<T>() + t * B * P);
     }
-    std::swap(h_prev, h_next);
   }
-  return {y, h_prev, c, gates, cs};
+  return {y, h_state[T_steps % 2], c, gates, cs};
 }
 
 template <typename T>
@@ -278,36 +285,38 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
     lstm_backward_slice(slice);
   };
 
-  for (int64_t s = T_steps - 1; s >= 0; --s) {
-    const int64_t t = time_at(s, T_steps, reverse);
-    const Tensor* dgx_after = s + 1 < T_steps ? &dgx_steps[time_at(s + 1, T_steps, reverse)] : nullptr;
-    if (!proj) {
-      units.for_each([&](int64_t k) {
+  if (!proj) {
+    // Position i runs step s = T - 1 - i of the forward order.
+    units.for_each_step(T_steps, [&](int64_t k, int64_t i) {
+      const int64_t s = T_steps - 1 - i, t = time_at(s, T_steps, reverse);
+      if (i > 0) state.add_recurrent(k, dgx_steps[time_at(s + 1, T_steps, reverse)]);
+      cell_backward(k, t, state.dh[k].data_ptr<T>(), true, dy ? dy + t * B * P : nullptr);
+    });
+  } else {
+    for (int64_t s = T_steps - 1; s >= 0; --s) {
+      const int64_t t = time_at(s, T_steps, reverse);
+      const Tensor* dgx_after = s + 1 < T_steps ? &dgx_steps[time_at(s + 1, T_steps, reverse)] : nullptr;
+      // With a projection the columns of dh (P) and the units (H) are split differently, so
+      // dh_total[t] is completed before any unit slice reads it: two fork/joins per step.
+      T* total = dh_total.data_ptr<T>() + t * B * P;
+      columns.for_each([&](int64_t k) {
         if (dgx_after) state.add_recurrent(k, *dgx_after);
-        cell_backward(k, t, state.dh[k].data_ptr<T>(), true, dy ? dy + t * B * P : nullptr);
-      });
-      continue;
-    }
-    // With a projection the columns of dh (P) and the units (H) are split differently, so
-    // dh_total[t] is completed before any unit slice reads it: two fork/joins per step.
-    T* total = dh_total.data_ptr<T>() + t * B * P;
-    columns.for_each([&](int64_t k) {
-      if (dgx_after) state.add_recurrent(k, *dgx_after);
-      const int64_t p0 = columns.begin(k), m = columns.units(k);
-      T* dh = state.dh[k].data_ptr<T>();
-      for (int64_t b = 0; b < B; ++b) {
-        if (!step_is_valid(t, length_of(len, b, T_steps))) continue;
-        for (int64_t j = 0; j < m; ++j) {
-          total[b * P + p0 + j] = dh[b * m + j] + (dy ? dy[(t * B + b) * P + p0 + j] : T(0));
-          dh[b * m + j] = T(0);
+        const int64_t p0 = columns.begin(k), m = columns.units(k);
+        T* dh = state.dh[k].data_ptr<T>();
+        for (int64_t b = 0; b < B; ++b) {
+          if (!step_is_valid(t, length_of(len, b, T_steps))) continue;
+          for (int64_t j = 0; j < m; ++j) {
+            total[b * P + p0 + j] = dh[b * m + j] + (dy ? dy[(t * B + b) * P + p0 + j] : T(0));
+            dh[b * m + j] = T(0);
+          }
         }
-      }
-    });
-    const Tensor total_t = dh_total[t];
-    units.for_each([&](int64_t k) {
-      w_hr_units[k].multiply(dh_raw[k], total_t, false);
-      cell_backward(k, t, dh_raw[k].data_ptr<T>(), false, nullptr);
-    });
+      });
+      const Tensor total_t = dh_total[t];
+      units.for_each([&](int64_t k) {
+        w_hr_units[k].multiply(dh_raw[k], total_t, false);
+        cell_backward(k, t, dh_raw[k].data_ptr<T>(), false, nullptr);
+      });
+    }
   }
   // The recurrent part of the first step's gate gradients reaches h0.
   if (T_steps > 0) {

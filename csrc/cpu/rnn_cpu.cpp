@@ -114,24 +114,22 @@ std::tuple<Tensor, Tensor> rnn_forward_impl(const Tensor& gx, const Tensor& w_hh
                                             bool reverse, const RecurrenceSizes& n) {
   const int64_t T_steps = n.T, B = n.B, H = n.H;
   Tensor y = empty_output({T_steps, B, H}, gx.options());
-  Tensor h_prev = h0.clone();  // [B, H]; h_prev/h_next swap every step
-  Tensor h_next = at::empty({B, H}, gx.options());
+  // [B, H] each: h_state[s % 2] is h before step s, h_state[(s + 1) % 2] after it
+  const Tensor h_state[2] = {h0.clone(), at::empty({B, H}, gx.options())};
   const int64_t* len = data_or_null<int64_t>(lengths);
   const Partition part(H, B * H * H);
   ForwardGemms slices(part, w_hh, 1, B);
-  for (int64_t s = 0; s < T_steps; ++s) {
+  part.for_each_step(T_steps, [&](int64_t k, int64_t s) {
     const int64_t t = time_at(s, T_steps, reverse);
-    part.for_each([&](int64_t k) {
-      slices.run(k, h_prev);
-      const ForwardSlice<T> slice{B, H, part.begin(k), part.units(k), t, T_steps,
-                                  gx.data_ptr<T>() + t * B * H, slices.pre[k].data_ptr<T>(),
-                                  h_prev.data_ptr<T>(), h_next.data_ptr<T>(),
-                                  y.data_ptr<T>() + t * B * H, len};
-      rnn_forward_slice<kAct>(slice);
-    });
-    std::swap(h_prev, h_next);
-  }
-  return {y, h_prev};
+    const Tensor& h_prev = h_state[s % 2];
+    slices.run(k, h_prev);
+    const ForwardSlice<T> slice{B, H, part.begin(k), part.units(k), t, T_steps,
+                                gx.data_ptr<T>() + t * B * H, slices.pre[k].data_ptr<T>(),
+                                h_prev.data_ptr<T>(), h_state[(s + 1) % 2].data_ptr<T>(),
+                                y.data_ptr<T>() + t * B * H, len};
+    rnn_forward_slice<kAct>(slice);
+  });
+  return {y, h_state[T_steps % 2]};
 }
 
 template <Nonlinearity kAct, typename T>
@@ -148,18 +146,16 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_impl(const optional<Tensor>& gra
   const int64_t* len = data_or_null<int64_t>(lengths);
   const Partition units(H, B * H * H);
   BackwardState state(units, w_hh, grad_h_n, B);
-  for (int64_t s = T_steps - 1; s >= 0; --s) {
-    const int64_t t = time_at(s, T_steps, reverse);
-    const Tensor* dgx_after = s + 1 < T_steps ? &dgx_steps[time_at(s + 1, T_steps, reverse)] : nullptr;
-    units.for_each([&](int64_t k) {
-      if (dgx_after) state.add_recurrent(k, *dgx_after);
-      const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps,
-                                   y.data_ptr<T>() + t * B * H, dy ? dy + t * B * H : nullptr,
-                                   state.dh[k].data_ptr<T>(), grad_gx.data_ptr<T>() + t * B * H,
-                                   len};
-      rnn_backward_slice<kAct>(slice);
-    });
-  }
+  // Position i runs step s = T - 1 - i of the forward order.
+  units.for_each_step(T_steps, [&](int64_t k, int64_t i) {
+    const int64_t s = T_steps - 1 - i, t = time_at(s, T_steps, reverse);
+    if (i > 0) state.add_recurrent(k, dgx_steps[time_at(s + 1, T_steps, reverse)]);
+    const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps,
+                                 y.data_ptr<T>() + t * B * H, dy ? dy + t * B * H : nullptr,
+                                 state.dh[k].data_ptr<T>(), grad_gx.data_ptr<T>() + t * B * H,
+                                 len};
+    rnn_backward_slice<kAct>(slice);
+  });
   // The recurrent part of the first step's gradients reaches h0.
   if (T_steps > 0) {
     units.for_each([&](int64_t k) { state.add_recurrent(k, dgx_steps[time_at(0, T_steps, reverse)]); });
