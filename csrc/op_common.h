@@ -171,12 +171,16 @@ inline bool fill_uninitialized() {
   return enabled;
 }
 
-inline Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  Tensor out = at::empty(sizes, options);
-  if (fill_uninitialized() && at::isFloatingType(options.dtype().toScalarType())) {
+// A freshly allocated output, NaN-filled under FUSED_RNN_FILL_UNINITIALIZED.
+inline Tensor uninitialized(Tensor out) {
+  if (fill_uninitialized() && at::isFloatingType(out.scalar_type())) {
     out.fill_(std::numeric_limits<double>::quiet_NaN());
   }
   return out;
+}
+
+inline Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return uninitialized(at::empty(sizes, options));
 }
 
 // Placeholder for an output the call does not produce (no workspace, no w_hr gradient).

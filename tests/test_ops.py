@@ -127,6 +127,29 @@ def test_op_thread_counts(cell, threads, dtype):
         torch.set_num_threads(previous)
 
 
+def test_pooled_outputs_are_ordinary_tensors():
+    """Outputs of 1 MB and more come from a pool of reused blocks (csrc/cpu/output_pool.h): a
+    block freed by one call and reused by the next must not carry the old results over, and a
+    pooled tensor resizes like any other."""
+    T, B, H = 64, 16, 128  # gates: 2 MB
+    gx, w_hh = torch.randn(T, B, 4 * H), torch.randn(4 * H, H) * H**-0.5
+    h0, c0 = torch.randn(B, H), torch.randn(B, H)
+    first = ops.lstm_forward(gx, w_hh, None, h0, c0, None, False, True)
+    expected = [t.clone() for t in first]
+    del first  # its blocks go back to the pool
+    gx2 = torch.randn(T, B, 4 * H)
+    other = ops.lstm_forward(gx2, w_hh, None, h0, c0, None, False, True)  # reuses them
+    again = ops.lstm_forward(gx, w_hh, None, h0, c0, None, False, True)
+    for got, want in zip(again, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    gates = other[3]
+    values = gates.clone()
+    gates.resize_(2 * gates.numel())  # moves to the CPU allocator's memory
+    torch.testing.assert_close(gates[: values.numel()], values.flatten(), rtol=0, atol=0)
+    gates.resize_(10)
+    torch.testing.assert_close(gates, values.flatten()[:10], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("shape", [(5, 3, 4, 6), (4, 2, 24, 40)])
 @pytest.mark.parametrize("lengths_kind", LENGTHS)
 @pytest.mark.parametrize("reverse", [False, True])

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "cells.h"
+#include "cpu/output_pool.h"
 #include "cpu/packed_gemm.h"
 #include "op_common.h"
 #include "recurrent_weight_grad.h"
@@ -53,6 +54,11 @@ inline optional<Tensor> to_compute(const optional<Tensor>& t) {
 template <typename T>
 inline const T* data_or_null(const optional<Tensor>& t) {
   return has(t) ? t->data_ptr<T>() : nullptr;
+}
+
+// empty_output (op_common.h) for the CPU kernels: large outputs on reused memory.
+inline Tensor cpu_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return uninitialized(pooled_empty(sizes, options));
 }
 
 // out[M, N] (+)= a[M, K] @ b[K, N]. `b` may be a transposed view. Calls ATen's CPU kernel

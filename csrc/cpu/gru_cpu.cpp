@@ -156,10 +156,10 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& gx, const Tens
                                                     bool save, const RecurrenceSizes& n) {
   const int64_t T_steps = n.T, B = n.B, H = n.H;
   const auto opts = gx.options();
-  Tensor y = empty_output({T_steps, B, H}, opts);
+  Tensor y = cpu_output({T_steps, B, H}, opts);
   // [B, H] each: h_state[s % 2] is h before step s, h_state[(s + 1) % 2] after it
   const Tensor h_state[2] = {h0.clone(), at::empty({B, H}, opts)};
-  Tensor gates = save ? empty_output({T_steps, B, 4 * H}, opts) : empty_placeholder(opts);
+  Tensor gates = save ? cpu_output({T_steps, B, 4 * H}, opts) : empty_placeholder(opts);
   const int64_t* len = data_or_null<int64_t>(lengths);
   const Partition part(H, B * 3 * H * H);
   ForwardGemms slices(part, w_hh, 3, B);
@@ -194,9 +194,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
     bool reverse, const RecurrenceSizes& n) {
   const int64_t T_steps = n.T, B = n.B, H = n.H;
   const auto opts = y.options();
-  Tensor grad_gx = empty_output({T_steps, B, 3 * H}, opts);
+  Tensor grad_gx = cpu_output({T_steps, B, 3 * H}, opts);
   Tensor& dgh = grad_gx;  // holds dgh until the end, see the top of the file
-  Tensor dgx_n = empty_output({T_steps, B, H}, opts);
+  Tensor dgx_n = cpu_output({T_steps, B, H}, opts);
   const std::vector<Tensor> dgh_steps = dgh.unbind(0);  // [B, 3H] views, made once
   const T* dy = data_or_null<T>(grad_y);
   const int64_t* len = data_or_null<int64_t>(lengths);

@@ -191,14 +191,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
   const auto opts = gx.options();
   const bool proj = has(w_hr);
 
-  Tensor y = empty_output({T_steps, B, P}, opts);
+  Tensor y = cpu_output({T_steps, B, P}, opts);
   // [B, P] each: h_state[s % 2] is h before step s, h_state[(s + 1) % 2] after it
   const Tensor h_state[2] = {h0.clone(), at::empty({B, P}, opts)};
   Tensor c = c0.clone();       // [B, H], updated in place
   Tensor h_raw = proj ? at::zeros({B, H}, opts) : Tensor();  // o * tanh(c) before w_hr
   Tensor h_proj = proj ? at::empty({B, P}, opts) : Tensor();
-  Tensor gates = save ? empty_output({T_steps, B, 4 * H}, opts) : empty_placeholder(opts);
-  Tensor cs = save ? empty_output({T_steps, B, H}, opts) : empty_placeholder(opts);
+  Tensor gates = save ? cpu_output({T_steps, B, 4 * H}, opts) : empty_placeholder(opts);
+  Tensor cs = save ? cpu_output({T_steps, B, H}, opts) : empty_placeholder(opts);
   const std::optional<StepOperand> w_hr_t =
       proj ? std::optional<StepOperand>(StepOperand(w_hr->t(), B, kForwardPackedMaxRows))
            : std::nullopt;
@@ -257,7 +257,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
   const int64_t* len = data_or_null<int64_t>(lengths);
   const T* dy = data_or_null<T>(grad_y);
 
-  Tensor grad_gx = empty_output({T_steps, B, 4 * H}, opts);
+  Tensor grad_gx = cpu_output({T_steps, B, 4 * H}, opts);
   const std::vector<Tensor> dgx_steps = grad_gx.unbind(0);  // [B, 4H] views, made once
   Tensor dc = has(grad_c_n) ? grad_c_n->clone() : at::zeros({B, H}, opts);  // [B, H]
   // Units of the cell maths; without a projection they are also the columns of dh.

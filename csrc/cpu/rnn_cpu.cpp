@@ -113,7 +113,7 @@ std::tuple<Tensor, Tensor> rnn_forward_impl(const Tensor& gx, const Tensor& w_hh
                                             const Tensor& h0, const optional<Tensor>& lengths,
                                             bool reverse, const RecurrenceSizes& n) {
   const int64_t T_steps = n.T, B = n.B, H = n.H;
-  Tensor y = empty_output({T_steps, B, H}, gx.options());
+  Tensor y = cpu_output({T_steps, B, H}, gx.options());
   // [B, H] each: h_state[s % 2] is h before step s, h_state[(s + 1) % 2] after it
   const Tensor h_state[2] = {h0.clone(), at::empty({B, H}, gx.options())};
   const int64_t* len = data_or_null<int64_t>(lengths);
@@ -140,7 +140,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_impl(const optional<Tensor>& gra
                                                      const optional<Tensor>& lengths,
                                                      bool reverse, const RecurrenceSizes& n) {
   const int64_t T_steps = n.T, B = n.B, H = n.H;
-  Tensor grad_gx = empty_output({T_steps, B, H}, y.options());
+  Tensor grad_gx = cpu_output({T_steps, B, H}, y.options());
   const std::vector<Tensor> dgx_steps = grad_gx.unbind(0);  // [B, H] views, made once
   const T* dy = data_or_null<T>(grad_y);
   const int64_t* len = data_or_null<int64_t>(lengths);
