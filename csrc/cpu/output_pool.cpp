@@ -13,13 +13,14 @@ namespace {
 
 class BlockPool {
  public:
-  // A block of at least `bytes`: a freed one of at most twice the size if there is one (the
-  // smallest such), else a new one from the CPU allocator.
+  // A block of at least `bytes`: the smallest freed one of at most 1.25x the size if there is
+  // one (a larger block would hold memory the output does not use), else a new one from the
+  // CPU allocator.
   void* acquire(size_t bytes) {
     const std::lock_guard<std::mutex> lock(mutex_);
     auto best = free_.end();
     for (auto it = free_.begin(); it != free_.end(); ++it) {
-      if (it->bytes >= bytes && it->bytes <= 2 * bytes &&
+      if (it->bytes >= bytes && it->bytes <= bytes + bytes / 4 &&
           (best == free_.end() || it->bytes < best->bytes)) {
         best = it;
       }
