@@ -38,18 +38,37 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <exception>
+
 #include "build_info.h"
+#include "cpu/cpu_isa.h"
 
 extern "C" {
+// _C.cpu_isa(): the instruction set the CPU kernels' float code runs with (cpu/cpu_isa.h).
+static PyObject* cpu_isa(PyObject* /*module*/, PyObject* /*unused*/) {
+  try {
+    return PyUnicode_FromString(fused_rnn::cpu::cpu_isa_name());
+  } catch (const std::exception& error) {  // a bad FUSED_RNN_CPU_ISA
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return nullptr;
+  }
+}
+
+static PyMethodDef module_methods[] = {
+    {"cpu_isa", cpu_isa, METH_NOARGS,
+     "The instruction set of the CPU kernels: 'avx512', 'avx2' or 'baseline'."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
 // Importing fused_rnn._C loads this library, whose static initialisers register the ops.
-// The module itself only carries the build's identity.
+// The module itself carries the build's identity and cpu_isa().
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT,
       "_C",
       "fused_rnn's compiled ops (registered in torch.ops.fused_rnn)",
-      -1,       // m_size: no per-module state
-      nullptr,  // m_methods
+      -1,              // m_size: no per-module state
+      module_methods,  // m_methods
       nullptr,  // m_slots
       nullptr,  // m_traverse
       nullptr,  // m_clear

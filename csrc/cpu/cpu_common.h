@@ -17,22 +17,12 @@
 #include <thread>
 
 #include "cells.h"
+#include "cpu/cpu_isa.h"
 #include "cpu/output_pool.h"
 #include "cpu/packed_gemm.h"
 #include "op_common.h"
 #include "recurrent_weight_grad.h"
 
-// Row loops and the packed GEMM of float kernels are compiled three times, for AVX-512
-// machines, for AVX2+FMA machines and for any x86-64, and picked at load time: the gate maths is
-// most of a step's cost at small hidden sizes and vectorises 8-wide only with AVX2; with
-// AVX-512's 32 registers its constants stop spilling (LSTM gate pass 14.1 -> 9.6 us per step of
-// 32 x 128 units on Zen 4, the whole forward op ~8% faster at B = 32, H = 256).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-#define FUSED_RNN_CPU_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FUSED_RNN_CPU_CLONES
-#endif
 
 namespace fused_rnn::cpu {
 
@@ -216,8 +206,10 @@ class StepOperand {
   }
 
  private:
+  // Without AVX2 the kernel's 8-wide vectors split into SSE halves and spill (the LSTM op at
+  // B = 32, H = 256 took 300 ms instead of 10); BLAS has its own kernels for such machines.
   static bool use_packed_gemm(at::ScalarType dtype, int64_t B, int64_t max_packed_rows) {
-    return dtype == at::kFloat && B > 0 && B <= max_packed_rows;
+    return dtype == at::kFloat && B > 0 && B <= max_packed_rows && cpu_isa() != CpuIsa::kBaseline;
   }
 
   Tensor b_, packed_;

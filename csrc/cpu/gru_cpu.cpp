@@ -140,13 +140,12 @@ __attribute__((always_inline)) inline void gru_backward_slice_impl(const Backwar
   }
 }
 
-FUSED_RNN_CPU_CLONES void gru_forward_slice(const ForwardSlice<float>& s) {
-  gru_forward_slice_impl(s);
-}
+// Float row passes are compiled per ISA (cpu/cpu_isa.h); double needs no variants.
+FUSED_RNN_CPU_ISA_VARIANTS(gru_forward_slice, (const ForwardSlice<float>& s), (s),
+                           gru_forward_slice_impl(s))
 void gru_forward_slice(const ForwardSlice<double>& s) { gru_forward_slice_impl(s); }
-FUSED_RNN_CPU_CLONES void gru_backward_slice(const BackwardSlice<float>& s) {
-  gru_backward_slice_impl(s);
-}
+FUSED_RNN_CPU_ISA_VARIANTS(gru_backward_slice, (const BackwardSlice<float>& s), (s),
+                           gru_backward_slice_impl(s))
 void gru_backward_slice(const BackwardSlice<double>& s) { gru_backward_slice_impl(s); }
 
 template <typename T>

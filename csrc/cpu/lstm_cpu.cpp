@@ -152,14 +152,12 @@ __attribute__((always_inline)) inline void lstm_backward_slice_impl(const Backwa
   }
 }
 
-// Float row passes are compiled per ISA (FUSED_RNN_CPU_CLONES); double needs no clones.
-FUSED_RNN_CPU_CLONES void lstm_forward_slice(const ForwardSlice<float>& s) {
-  lstm_forward_slice_impl(s);
-}
+// Float row passes are compiled per ISA (cpu/cpu_isa.h); double needs no variants.
+FUSED_RNN_CPU_ISA_VARIANTS(lstm_forward_slice, (const ForwardSlice<float>& s), (s),
+                           lstm_forward_slice_impl(s))
 void lstm_forward_slice(const ForwardSlice<double>& s) { lstm_forward_slice_impl(s); }
-FUSED_RNN_CPU_CLONES void lstm_backward_slice(const BackwardSlice<float>& s) {
-  lstm_backward_slice_impl(s);
-}
+FUSED_RNN_CPU_ISA_VARIANTS(lstm_backward_slice, (const BackwardSlice<float>& s), (s),
+                           lstm_backward_slice_impl(s))
 void lstm_backward_slice(const BackwardSlice<double>& s) { lstm_backward_slice_impl(s); }
 
 // With a projection, the new h comes from a GEMM into `h_proj`; it becomes the state and y on

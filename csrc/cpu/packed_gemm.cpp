@@ -37,8 +37,8 @@ inline __attribute__((always_inline)) void transpose_8x8(const float* const* row
 // panel[k * w + j] = columns[j][k] for k < K, j < w: each column of b contiguous (a row of the
 // weight). 8 x 8 blocks, k-major so that a block row of the panel is written while its lines
 // are in L1.
-FUSED_RNN_CPU_CLONES void pack_panel_from_columns(const float* const* columns, int64_t K,
-                                                  int64_t w, float* panel) {
+inline __attribute__((always_inline)) void pack_panel_from_columns_impl(
+    const float* const* columns, int64_t K, int64_t w, float* panel) {
   const int64_t K8 = K - K % 8;
   int64_t j0 = 0;
   for (; j0 + 8 <= w; j0 += 8) {
@@ -51,6 +51,29 @@ FUSED_RNN_CPU_CLONES void pack_panel_from_columns(const float* const* columns, i
     for (int64_t k = 0; k < K; ++k) panel[k * w + j] = columns[j][k];
   }
 }
+
+FUSED_RNN_CPU_ISA_VARIANTS(pack_panel_from_columns,
+                           (const float* const* columns, int64_t K, int64_t w, float* panel),
+                           (columns, K, w, panel),
+                           pack_panel_from_columns_impl(columns, K, w, panel))
+
+// out (+)= a @ b on the panels, rows in blocks of 4; K >= 1.
+inline __attribute__((always_inline)) void packed_gemm_impl(int64_t M, int64_t N, int64_t K,
+                                                            const float* a, int64_t lda,
+                                                            const float* packed, float* out,
+                                                            int64_t ldo, bool accumulate) {
+  switch (packed_gemm_vectors(M)) {
+    case 8: return detail::packed_gemm_panels<8>(M, N, K, a, lda, packed, out, ldo, accumulate);
+    case 4: return detail::packed_gemm_panels<4>(M, N, K, a, lda, packed, out, ldo, accumulate);
+    default: return detail::packed_gemm_panels<3>(M, N, K, a, lda, packed, out, ldo, accumulate);
+  }
+}
+
+FUSED_RNN_CPU_ISA_VARIANTS(packed_gemm_variant,
+                           (int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
+                            const float* packed, float* out, int64_t ldo, bool accumulate),
+                           (M, N, K, a, lda, packed, out, ldo, accumulate),
+                           packed_gemm_impl(M, N, K, a, lda, packed, out, ldo, accumulate))
 
 }  // namespace
 
@@ -96,9 +119,8 @@ at::Tensor pack_gemm_operand_from_rows(at::TensorList weight_rows, int64_t M) {
   return packed;
 }
 
-FUSED_RNN_CPU_CLONES void packed_gemm(int64_t M, int64_t N, int64_t K, const float* a,
-                                      int64_t lda, const float* packed, float* out, int64_t ldo,
-                                      bool accumulate) {
+void packed_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
+                 const float* packed, float* out, int64_t ldo, bool accumulate) {
   TORCH_CHECK(M >= 1, "packed_gemm: M must be positive, got ", M);
   if (K == 0) {
     // no chunk of k runs: a product over nothing is zero
@@ -107,11 +129,7 @@ FUSED_RNN_CPU_CLONES void packed_gemm(int64_t M, int64_t N, int64_t K, const flo
     }
     return;
   }
-  switch (packed_gemm_vectors(M)) {
-    case 8: return detail::packed_gemm_panels<8>(M, N, K, a, lda, packed, out, ldo, accumulate);
-    case 4: return detail::packed_gemm_panels<4>(M, N, K, a, lda, packed, out, ldo, accumulate);
-    default: return detail::packed_gemm_panels<3>(M, N, K, a, lda, packed, out, ldo, accumulate);
-  }
+  packed_gemm_variant(M, N, K, a, lda, packed, out, ldo, accumulate);
 }
 
 }  // namespace fused_rnn::cpu

@@ -91,17 +91,36 @@ __attribute__((always_inline)) inline void rnn_backward_slice_impl(const Backwar
   }
 }
 
+// Float row passes are compiled per ISA (cpu/cpu_isa.h), one function per nonlinearity;
+// double needs no variants.
+FUSED_RNN_CPU_ISA_VARIANTS(rnn_tanh_forward_slice, (const ForwardSlice<float>& s), (s),
+                           rnn_forward_slice_impl<Nonlinearity::kTanh>(s))
+FUSED_RNN_CPU_ISA_VARIANTS(rnn_relu_forward_slice, (const ForwardSlice<float>& s), (s),
+                           rnn_forward_slice_impl<Nonlinearity::kRelu>(s))
+FUSED_RNN_CPU_ISA_VARIANTS(rnn_tanh_backward_slice, (const BackwardSlice<float>& s), (s),
+                           rnn_backward_slice_impl<Nonlinearity::kTanh>(s))
+FUSED_RNN_CPU_ISA_VARIANTS(rnn_relu_backward_slice, (const BackwardSlice<float>& s), (s),
+                           rnn_backward_slice_impl<Nonlinearity::kRelu>(s))
+
 template <Nonlinearity kAct>
-FUSED_RNN_CPU_CLONES void rnn_forward_slice(const ForwardSlice<float>& s) {
-  rnn_forward_slice_impl<kAct>(s);
+void rnn_forward_slice(const ForwardSlice<float>& s) {
+  if constexpr (kAct == Nonlinearity::kTanh) {
+    rnn_tanh_forward_slice(s);
+  } else {
+    rnn_relu_forward_slice(s);
+  }
 }
 template <Nonlinearity kAct>
 void rnn_forward_slice(const ForwardSlice<double>& s) {
   rnn_forward_slice_impl<kAct>(s);
 }
 template <Nonlinearity kAct>
-FUSED_RNN_CPU_CLONES void rnn_backward_slice(const BackwardSlice<float>& s) {
-  rnn_backward_slice_impl<kAct>(s);
+void rnn_backward_slice(const BackwardSlice<float>& s) {
+  if constexpr (kAct == Nonlinearity::kTanh) {
+    rnn_tanh_backward_slice(s);
+  } else {
+    rnn_relu_backward_slice(s);
+  }
 }
 template <Nonlinearity kAct>
 void rnn_backward_slice(const BackwardSlice<double>& s) {
