@@ -42,6 +42,7 @@
 
 #include "build_info.h"
 #include "cpu/cpu_isa.h"
+#include "cpu/output_pool.h"
 
 extern "C" {
 // _C.cpu_isa(): the instruction set the CPU kernels' float code runs with (cpu/cpu_isa.h).
@@ -54,9 +55,23 @@ static PyObject* cpu_isa(PyObject* /*module*/, PyObject* /*unused*/) {
   }
 }
 
+// _C.cpu_pool_bytes() / _C.release_cpu_pool(): the CPU kernels' pool of freed output blocks
+// (cpu/output_pool.h), for fused_rnn.empty_cpu_cache().
+static PyObject* cpu_pool_bytes(PyObject* /*module*/, PyObject* /*unused*/) {
+  return PyLong_FromSize_t(fused_rnn::cpu::pooled_free_bytes());
+}
+
+static PyObject* release_cpu_pool(PyObject* /*module*/, PyObject* /*unused*/) {
+  return PyLong_FromSize_t(fused_rnn::cpu::release_pooled_blocks());
+}
+
 static PyMethodDef module_methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS,
      "The instruction set of the CPU kernels: 'avx512', 'avx2' or 'baseline'."},
+    {"cpu_pool_bytes", cpu_pool_bytes, METH_NOARGS,
+     "Bytes of freed CPU output blocks kept for reuse."},
+    {"release_cpu_pool", release_cpu_pool, METH_NOARGS,
+     "Frees the CPU output blocks kept for reuse; returns the bytes released."},
     {nullptr, nullptr, 0, nullptr},
 };
 

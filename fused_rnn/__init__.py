@@ -16,6 +16,14 @@ from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
 
+
+def empty_cpu_cache() -> int:
+    """Returns to the system the memory the CPU kernels keep for reuse (freed outputs of 1 MB
+    and more, up to 256 MB, so that a training loop does not page-fault on fresh memory every
+    step), like ``torch.cuda.empty_cache()``. Returns the number of bytes released."""
+    return _ops._C.release_cpu_pool()
+
+
 __all__ = [
     "LSTM",
     "GRU",
@@ -24,6 +32,7 @@ __all__ = [
     "GRUCell",
     "RNNCell",
     "convert",
+    "empty_cpu_cache",
     "backends",
     "functional",
     "reference",

@@ -150,6 +150,19 @@ def test_pooled_outputs_are_ordinary_tensors():
     torch.testing.assert_close(gates, values.flatten()[:10], rtol=0, atol=0)
 
 
+def test_empty_cpu_cache_releases_the_pool():
+    import fused_rnn
+
+    T, B, H = 64, 16, 128
+    out = ops.lstm_forward(torch.randn(T, B, 4 * H), torch.randn(4 * H, H), None,
+                           torch.randn(B, H), torch.randn(B, H), None, False, True)
+    del out  # 2.5 MB of pooled blocks come back
+    assert fused_rnn._ops._C.cpu_pool_bytes() >= T * B * 4 * H * 4
+    assert fused_rnn.empty_cpu_cache() >= T * B * 4 * H * 4
+    assert fused_rnn._ops._C.cpu_pool_bytes() == 0
+    assert fused_rnn.empty_cpu_cache() == 0
+
+
 @pytest.mark.parametrize("shape", [(5, 3, 4, 6), (4, 2, 24, 40)])
 @pytest.mark.parametrize("lengths_kind", LENGTHS)
 @pytest.mark.parametrize("reverse", [False, True])

@@ -66,6 +66,18 @@ class BlockPool {
     return free_bytes_;
   }
 
+  size_t release_free_blocks() {
+    std::vector<Block> blocks;
+    size_t bytes = 0;
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      blocks.swap(free_);
+      bytes = free_bytes_;
+      free_bytes_ = 0;
+    }
+    return bytes;  // `blocks` frees their memory here, outside the lock
+  }
+
  private:
   struct Block {
     c10::DataPtr memory;  // owns the allocation
@@ -113,5 +125,7 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options)
 }
 
 size_t pooled_free_bytes() { return pool().free_bytes(); }
+
+size_t release_pooled_blocks() { return pool().release_free_blocks(); }
 
 }  // namespace fused_rnn::cpu

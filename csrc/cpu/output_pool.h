@@ -25,7 +25,10 @@ constexpr size_t kMaxPooledBytes = size_t{256} << 20;
 // its storage is freed.
 at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options);
 
-// Bytes held by the pool, in freed blocks waiting for reuse (for tests).
+// Bytes held by the pool in freed blocks waiting for reuse.
 size_t pooled_free_bytes();
+
+// Returns the freed blocks to the system (fused_rnn.empty_cpu_cache()); the bytes released.
+size_t release_pooled_blocks();
 
 }  // namespace fused_rnn::cpu
