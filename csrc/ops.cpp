@@ -101,6 +101,13 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(fused_rnn, m) {
+  // The input projection of all time steps, y = input @ weight^T + bias; the backward returns
+  // an empty tensor for each gradient output_mask does not ask for.
+  m.def("linear(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
+  m.def(
+      "linear_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask) "
+      "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+
   m.def(
       "lstm_forward(Tensor gx, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, "
       "bool reverse, bool save_for_backward) "

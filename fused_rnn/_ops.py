@@ -54,6 +54,22 @@ def _empty_workspace(gx: torch.Tensor, save: bool, *shape: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+def linear_fake(input, weight, bias):
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
+def linear_backward_fake(grad_output, input, weight, output_mask):
+    def grad_like(tensor, wanted):
+        return torch.empty_like(tensor) if wanted else input.new_empty(0)
+
+    grad_bias_like = input.new_empty(weight.shape[0])
+    return (
+        grad_like(input, output_mask[0]),
+        grad_like(weight, output_mask[1]),
+        grad_like(grad_bias_like, output_mask[2]),
+    )
+
+
 def lstm_forward_fake(gx, w_hh, w_hr, h0, c0, lengths, reverse, save_for_backward):
     T, B, H = gx.shape[0], gx.shape[1], gx.shape[2] // 4
     P = w_hh.shape[1]
@@ -179,6 +195,28 @@ def _rnn_autograd(backward_op):
     return setup_context, backward
 
 
+def _linear_setup_context(ctx, inputs, output):
+    input, weight, bias = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.has_bias = bias is not None
+
+
+def _linear_backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    grads = torch.ops.fused_rnn.linear_backward(grad_output, input, weight, mask)
+    return tuple(grad if wanted else None for grad, wanted in zip(grads, mask))
+
+
+def register_linear() -> None:
+    """Fake kernels and autograd of ``fused_rnn::linear`` (the CPU backend's input projection)."""
+    torch.library.register_fake("fused_rnn::linear")(linear_fake)
+    torch.library.register_fake("fused_rnn::linear_backward")(linear_backward_fake)
+    torch.library.register_autograd(
+        "fused_rnn::linear", _linear_backward, setup_context=_linear_setup_context
+    )
+
+
 #: cell -> (fake forward, fake backward, autograd factory)
 _FAMILY = {
     "lstm": (lstm_forward_fake, lstm_backward_fake, _lstm_autograd),
@@ -205,4 +243,5 @@ def register_op_family(suffix: str = "", *, fakes: bool = True) -> None:
         torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
 
 
+register_linear()
 register_op_family()

@@ -8,6 +8,10 @@ interface of ``csrc/ops.cpp`` without the workspace):
     rnn_tanh(gx, w_hh, h0, lengths, reverse)         -> (y, h_n)
     rnn_relu(gx, w_hh, h0, lengths, reverse)         -> (y, h_n)
 
+and the input projection of all steps, ``linear(x, w_ih, bias) -> gx``: torch's ``F.linear``,
+except on the CPU backend, whose ``fused_rnn::linear`` op runs its fp32 products on the
+library's own blocked GEMM (``csrc/cpu/blocked_gemm.h``).
+
 ``"cpu"`` and ``"cuda"`` are the compiled ops (``torch.ops.fused_rnn.*``), which the dispatcher
 routes by device; ``"triton"`` the ``*_triton`` ops; ``"reference"`` the plain PyTorch loops of
 :mod:`fused_rnn.reference` (any device, slow). ``"auto"`` takes the fastest that runs on the
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from . import _ops, reference
 
@@ -36,6 +41,7 @@ class Backend:
     gru: Callable
     rnn_tanh: Callable
     rnn_relu: Callable
+    linear: Callable = F.linear
 
     def cell(self, cell: str) -> Callable:
         return getattr(self, cell)
@@ -70,6 +76,8 @@ def _op_backend(name: str, suffix: str) -> Backend:
     def rnn_relu(gx, w_hh, h0, lengths, reverse):
         return relu_op(gx, w_hh, h0, lengths, reverse)
 
+    if name == "cpu":
+        return Backend(name, lstm, gru, rnn_tanh, rnn_relu, linear=ops.linear)
     return Backend(name, lstm, gru, rnn_tanh, rnn_relu)
 
 

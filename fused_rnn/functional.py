@@ -171,21 +171,22 @@ def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _input_projection(cell: str, x: Tensor, w_ih: Tensor, b_ih, b_hh) -> Tensor:
-    """gx [T, B, G*H] for all steps in one GEMM. b_hh is folded in, except for the GRU, whose
-    b_hn sits inside the reset product and so goes to the recurrence op."""
+def _input_projection(impl, cell: str, x: Tensor, w_ih: Tensor, b_ih, b_hh) -> Tensor:
+    """gx [T, B, G*H] for all steps in one GEMM (the backend's ``linear``). b_hh is folded in,
+    except for the GRU, whose b_hn sits inside the reset product and so goes to the recurrence
+    op."""
     if b_ih is None:
         bias = None
     elif cell == "gru":
         bias = b_ih
     else:
         bias = b_ih + b_hh
-    return F.linear(x, w_ih, bias)
+    return impl.linear(x, w_ih, bias)
 
 
 def _run_layer(impl, cell, x, weights, h0, c0, lengths, reverse):
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
-    gx = _input_projection(cell, x, w_ih, b_ih, b_hh)
+    gx = _input_projection(impl, cell, x, w_ih, b_ih, b_hh)
     if cell == "lstm":
         return impl.lstm(gx, w_hh, w_hr, h0, c0, lengths, reverse)
     if cell == "gru":

@@ -30,9 +30,9 @@ def test_float_kernels_in_every_isa(isa):
     if effective_isa(isa) != isa:
         pytest.skip(f"this CPU cannot run the {isa} variant")
     # fp32 against fp64 (packed GEMM and BLAS, partial panels, chunks of k, every thread count),
-    # the projection, and bf16/fp16 (computed in fp32)
+    # the projection, and bf16/fp16 (computed in fp32); the input projection's blocked GEMM
     result = run_with_isa(
-        isa, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ops.py",
+        isa, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ops.py", "tests/test_linear.py",
         "-k", "fp32 or thread_counts or projection or low_precision or pooled",
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

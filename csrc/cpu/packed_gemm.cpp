@@ -1,38 +1,13 @@
 #include "cpu/packed_gemm.h"
 
 #include "cpu/cpu_common.h"
+#include "cpu/transpose.h"
 
 namespace fused_rnn::cpu {
 
 namespace {
 
-using detail::float8;
-typedef int int8v __attribute__((vector_size(32)));
-
-// dst[k * ldd + i] = rows[i][k0 + k] for an 8 x 8 block: eight rows of 8 floats in, their
-// columns out. Three rounds of shuffles (unpack pairs, pairs of pairs, 128-bit halves).
-inline __attribute__((always_inline)) void transpose_8x8(const float* const* rows, int64_t k0,
-                                                         float* dst, int64_t ldd) {
-  float8 r[8], t[8], u[8];
-  for (int i = 0; i < 8; ++i) r[i] = *reinterpret_cast<const float8*>(rows[i] + k0);
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = __builtin_shuffle(r[i], r[i + 1], int8v{0, 8, 1, 9, 4, 12, 5, 13});
-    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], int8v{2, 10, 3, 11, 6, 14, 7, 15});
-  }
-  for (int i = 0; i < 8; i += 4) {
-    u[i] = __builtin_shuffle(t[i], t[i + 2], int8v{0, 1, 8, 9, 4, 5, 12, 13});
-    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], int8v{2, 3, 10, 11, 6, 7, 14, 15});
-    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], int8v{0, 1, 8, 9, 4, 5, 12, 13});
-    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], int8v{2, 3, 10, 11, 6, 7, 14, 15});
-  }
-  // u[k] (k < 4) holds column k of rows 0-3 then column k + 4 of rows 0-3; u[k + 4] rows 4-7.
-  for (int k = 0; k < 4; ++k) {
-    *reinterpret_cast<float8*>(dst + k * ldd) =
-        __builtin_shuffle(u[k], u[k + 4], int8v{0, 1, 2, 3, 8, 9, 10, 11});
-    *reinterpret_cast<float8*>(dst + (k + 4) * ldd) =
-        __builtin_shuffle(u[k], u[k + 4], int8v{4, 5, 6, 7, 12, 13, 14, 15});
-  }
-}
+using detail::transpose_8x8;
 
 // panel[k * w + j] = columns[j][k] for k < K, j < w: each column of b contiguous (a row of the
 // weight). 8 x 8 blocks, k-major so that a block row of the panel is written while its lines

@@ -1,0 +1,306 @@
+#include "cpu/blocked_gemm.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/addmm_cpu_dispatch.h>
+#include <ATen/ops/mm_cpu_dispatch.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/cpu_isa.h"
+#include "cpu/packed_gemm.h"
+#include "cpu/transpose.h"
+
+namespace fused_rnn::cpu {
+namespace {
+
+using detail::float8;
+using detail::transpose_4x8;
+using detail::transpose_8x8;
+
+// A tile of out: kMr rows x kNr columns, 12 accumulators of 8 floats, plus 3 for a row of the
+// panel and 1 for the broadcast: the 16 AVX2 registers.
+constexpr int64_t kMr = 4;
+constexpr int64_t kNv = 3;
+constexpr int64_t kNr = 8 * kNv;
+// Rows of k per block: a panel's block (kKc x kNr floats, 24 KB) stays in a 32 KB L1.
+constexpr int64_t kKc = 256;
+// Rows of out per block of a: kMc x kKc floats (128 KB) in L2 while the panels pass.
+constexpr int64_t kMc = 128;
+// A block of b is all of K by up to kNc columns, at most kMaxPackedB floats (4 MB, in L3): a
+// block of out (kMc rows) then takes every block of k while it is in L2, and each panel's block
+// of k is read from L3 once per block of a, then from L1.
+constexpr int64_t kNc = 2048;
+constexpr int64_t kMaxPackedB = int64_t(1) << 20;
+// Slivers (kMr rows) per thread at least: below this, fewer threads.
+constexpr int64_t kMinSliversPerThread = 8;
+
+// Buffers of the packed blocks, one pair per thread, grown once and kept.
+struct PackBuffers {
+  std::vector<float> a, b;
+};
+
+PackBuffers& thread_buffers() {
+  thread_local PackBuffers buffers;
+  return buffers;
+}
+
+// Floats between the starts of two slivers in a packed block of a: kc * kMr plus a line, so
+// that slivers do not start 4 KB apart (kc = 256), where their lines would share L1 sets.
+inline int64_t sliver_stride(int64_t kc) { return kc * kMr + 16; }
+
+// ap[s][k][r] (slivers sliver_stride(kc) apart) = a[s * kMr + r, k] for the mc x kc block at
+// `a`; rows past mc zero.
+inline __attribute__((always_inline)) void pack_a_block(const float* a, int64_t rs, int64_t cs,
+                                                        int64_t mc, int64_t kc, float* ap) {
+  const int64_t stride = sliver_stride(kc), full = mc / kMr;
+  if (cs == 1) {
+    // rows of a contiguous (x, grad_gx): 4 x 8 blocks transposed
+    const int64_t k8 = kc - kc % 8;
+    for (int64_t s = 0; s < full; ++s) {
+      const float* src = a + s * kMr * rs;
+      float* dst = ap + s * stride;
+      for (int64_t k = 0; k < k8; k += 8) transpose_4x8(src + k, rs, dst + k * kMr);
+      for (int64_t k = k8; k < kc; ++k) {
+        for (int64_t r = 0; r < kMr; ++r) dst[k * kMr + r] = src[r * rs + k];
+      }
+    }
+  } else if (rs == 1) {
+    // a transposed (grad_gx^T): row k of the block is contiguous; read it in order
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* src = a + k * cs;
+      for (int64_t s = 0; s < full; ++s) {
+        std::copy_n(src + s * kMr, kMr, ap + s * stride + k * kMr);
+      }
+    }
+  } else {
+    for (int64_t s = 0; s < full; ++s) {
+      for (int64_t k = 0; k < kc; ++k) {
+        for (int64_t r = 0; r < kMr; ++r) ap[s * stride + k * kMr + r] = a[(s * kMr + r) * rs + k * cs];
+      }
+    }
+  }
+  if (full * kMr < mc) {
+    // the last, partial sliver
+    const int64_t rows = mc - full * kMr;
+    float* dst = ap + full * stride;
+    for (int64_t k = 0; k < kc; ++k) {
+      for (int64_t r = 0; r < kMr; ++r) {
+        dst[k * kMr + r] = r < rows ? a[(full * kMr + r) * rs + k * cs] : 0.0f;
+      }
+    }
+  }
+}
+
+// bp[p][k][j] = b[k, p * kNr + j] for the kc x nc block at `b`, columns past nc zero.
+inline __attribute__((always_inline)) void pack_b_block(const float* b, int64_t rs, int64_t cs,
+                                                        int64_t kc, int64_t nc, float* bp) {
+  for (int64_t p = 0; p * kNr < nc; ++p) {
+    const int64_t cols = std::min(kNr, nc - p * kNr);
+    float* dst = bp + p * kc * kNr;
+    const float* src = b + p * kNr * cs;
+    if (cols == kNr && cs == 1) {
+      for (int64_t k = 0; k < kc; ++k) std::copy_n(src + k * rs, kNr, dst + k * kNr);
+      continue;
+    }
+    int64_t j0 = 0;
+    if (rs == 1) {
+      // b transposed (w_ih^T): each column is contiguous in k; 8 x 8 blocks transposed
+      const int64_t k8 = kc - kc % 8;
+      for (; j0 + 8 <= cols; j0 += 8) {
+        const float* columns[8];
+        for (int j = 0; j < 8; ++j) columns[j] = src + (j0 + j) * cs;
+        for (int64_t k = 0; k < k8; k += 8) transpose_8x8(columns, k, dst + k * kNr + j0, kNr);
+        for (int64_t k = k8; k < kc; ++k) {
+          for (int64_t j = j0; j < j0 + 8; ++j) dst[k * kNr + j] = src[k + j * cs];
+        }
+      }
+    }
+    for (int64_t k = 0; k < kc; ++k) {
+      for (int64_t j = j0; j < kNr; ++j) dst[k * kNr + j] = j < cols ? src[k * rs + j * cs] : 0.0f;
+    }
+  }
+}
+
+// out[0:rows, 0:cols] = (add ? out : bias) + ap @ bp over kc, for one sliver and the first
+// 8 * NV >= cols columns of one panel (fewer for the last panel: no work on its padding).
+template <int NV>
+inline __attribute__((always_inline)) void tile_kernel(int64_t kc, const float* __restrict__ ap,
+                                                       const float* __restrict__ bp,
+                                                       float* __restrict__ out, int64_t ldo,
+                                                       int64_t rows, int64_t cols, bool add,
+                                                       const float* __restrict__ bias) {
+  float8 acc[kMr][NV] = {};
+  for (int64_t k = 0; k < kc; ++k) {
+    float8 w[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) w[v] = *reinterpret_cast<const float8*>(bp + k * kNr + 8 * v);
+#pragma GCC unroll 4
+    for (int m = 0; m < kMr; ++m) {
+      // one vbroadcastss from memory (see packed_gemm_block)
+      const float x = ap[k * kMr + m];
+      const float8 am = {x, x, x, x, x, x, x, x};
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[m][v] += am * w[v];
+    }
+  }
+  if (rows == kMr && cols == 8 * NV) {
+#pragma GCC unroll 4
+    for (int m = 0; m < kMr; ++m) {
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        float8* o = reinterpret_cast<float8*>(out + m * ldo + 8 * v);
+        if (add) {
+          *o += acc[m][v];
+        } else if (bias) {
+          *o = acc[m][v] + *reinterpret_cast<const float8*>(bias + 8 * v);
+        } else {
+          *o = acc[m][v];
+        }
+      }
+    }
+    return;
+  }
+  // An edge tile: through memory, only its valid part.
+  float tile[kMr][8 * NV];
+  for (int m = 0; m < kMr; ++m) {
+    for (int v = 0; v < NV; ++v) *reinterpret_cast<float8*>(&tile[m][8 * v]) = acc[m][v];
+  }
+  for (int64_t m = 0; m < rows; ++m) {
+    for (int64_t n = 0; n < cols; ++n) {
+      const float base = add ? out[m * ldo + n] : (bias ? bias[n] : 0.0f);
+      out[m * ldo + n] = base + tile[m][n];
+    }
+  }
+}
+
+// Rows [m_begin, m_end) of out, all columns.
+inline __attribute__((always_inline)) void gemm_rows_impl(
+    int64_t m_begin, int64_t m_end, int64_t N, int64_t K, const float* a, int64_t a_rs,
+    int64_t a_cs, const float* b, int64_t b_rs, int64_t b_cs, float* out, int64_t ldo,
+    bool accumulate, const float* bias) {
+  PackBuffers& buffers = thread_buffers();
+  // Columns per block of b: all of K is packed at once (so that a block of out stays in L2
+  // for all of K), within kMaxPackedB floats.
+  const int64_t nc_max = std::clamp(kMaxPackedB / K / kNr * kNr, kNr, kNc);
+  const int64_t n_padded = (std::min(nc_max, N) + kNr - 1) / kNr * kNr;
+  const int64_t m_padded = (std::min(kMc, m_end - m_begin) + kMr - 1) / kMr * kMr;
+  if (static_cast<int64_t>(buffers.b.size()) < K * n_padded) buffers.b.resize(K * n_padded);
+  const int64_t a_size = m_padded / kMr * sliver_stride(std::min(kKc, K));
+  if (static_cast<int64_t>(buffers.a.size()) < a_size) buffers.a.resize(a_size);
+  float* bp = buffers.b.data();  // block pc of k at bp + pc * n_padded, [panels][kc][kNr]
+  float* ap = buffers.a.data();
+
+  for (int64_t jc = 0; jc < N; jc += nc_max) {
+    const int64_t nc = std::min(nc_max, N - jc);
+    for (int64_t pc = 0; pc < K; pc += kKc) {
+      pack_b_block(b + pc * b_rs + jc * b_cs, b_rs, b_cs, std::min(kKc, K - pc), nc,
+                   bp + pc * n_padded);
+    }
+    // Block (ic, pc) of out's rows and of k: pack its part of a, run its tiles. always_inline:
+    // a lambda is otherwise compiled for the baseline ISA, not the variant's.
+    auto block = [&](int64_t ic, int64_t pc) __attribute__((always_inline)) {
+      const int64_t mc = std::min(kMc, m_end - ic), kc = std::min(kKc, K - pc);
+      // the first block of k writes out (or adds to it when accumulating), the others add
+      const bool add = accumulate || pc > 0;
+      pack_a_block(a + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, kc, ap);
+      const int64_t a_stride = sliver_stride(kc);
+      for (int64_t p = 0; p * kNr < nc; ++p) {
+        const int64_t n0 = jc + p * kNr, cols = std::min(kNr, nc - p * kNr);
+        const float* panel = bp + pc * n_padded + p * kc * kNr;
+        for (int64_t s = 0; s * kMr < mc; ++s) {
+          const int64_t rows = std::min(kMr, mc - s * kMr);
+          float* tile = out + (ic + s * kMr) * ldo + n0;
+          const float* tile_bias = bias ? bias + n0 : nullptr;
+          const float* sliver = ap + s * a_stride;
+          if (cols > 16) {
+            tile_kernel<3>(kc, sliver, panel, tile, ldo, rows, cols, add, tile_bias);
+          } else if (cols > 8) {
+            tile_kernel<2>(kc, sliver, panel, tile, ldo, rows, cols, add, tile_bias);
+          } else {
+            tile_kernel<1>(kc, sliver, panel, tile, ldo, rows, cols, add, tile_bias);
+          }
+        }
+      }
+    };
+    // Blocks in a's memory order: a row block's blocks of k in turn (its block of out stays in
+    // L2 over all of K), but a transposed a (grad_gx^T, rows of k contiguous) by blocks of k,
+    // so that the row blocks read neighbouring parts of the same rows of memory (the other
+    // order was 15% slower for grad_w at K = 3200).
+    if (a_rs == 1 && a_cs != 1) {
+      for (int64_t pc = 0; pc < K; pc += kKc) {
+        for (int64_t ic = m_begin; ic < m_end; ic += kMc) block(ic, pc);
+      }
+    } else {
+      for (int64_t ic = m_begin; ic < m_end; ic += kMc) {
+        for (int64_t pc = 0; pc < K; pc += kKc) block(ic, pc);
+      }
+    }
+  }
+}
+
+FUSED_RNN_CPU_ISA_VARIANTS(gemm_rows,
+                           (int64_t m_begin, int64_t m_end, int64_t N, int64_t K, const float* a,
+                            int64_t a_rs, int64_t a_cs, const float* b, int64_t b_rs,
+                            int64_t b_cs, float* out, int64_t ldo, bool accumulate,
+                            const float* bias),
+                           (m_begin, m_end, N, K, a, a_rs, a_cs, b, b_rs, b_cs, out, ldo,
+                            accumulate, bias),
+                           gemm_rows_impl(m_begin, m_end, N, K, a, a_rs, a_cs, b, b_rs, b_cs, out,
+                                          ldo, accumulate, bias))
+
+}  // namespace
+
+void blocked_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_cs,
+                  const float* b, int64_t b_rs, int64_t b_cs, float* out, int64_t ldo,
+                  bool accumulate, const float* bias) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    // a product over nothing: out keeps its values (+ bias) or becomes bias (or zero)
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t n = 0; n < N; ++n) {
+        out[m * ldo + n] = (accumulate ? out[m * ldo + n] : 0.0f) + (bias ? bias[n] : 0.0f);
+      }
+    }
+    return;
+  }
+  // Threads take whole slivers, so that tiles never straddle two threads.
+  const int64_t slivers = (M + kMr - 1) / kMr;
+  at::parallel_for(0, slivers, kMinSliversPerThread, [&](int64_t s_begin, int64_t s_end) {
+    gemm_rows(s_begin * kMr, std::min(M, s_end * kMr), N, K, a, a_rs, a_cs, b, b_rs, b_cs, out,
+              ldo, accumulate, bias);
+  });
+}
+
+bool use_blocked_gemm(at::ScalarType dtype, int64_t M, int64_t N, int64_t K) {
+  // The tile kernel's 8-wide vectors need AVX2 (see StepOperand in cpu_common.h).
+  // Below ~256 rows each thread's share of out is too small to pay for packing all of b: at
+  // M = 100 (T = 100, B = 1) MKL is 10-25% faster, from M = 800 on this is (2 Zen 4 cores).
+  return dtype == at::kFloat && cpu_isa() != CpuIsa::kBaseline && M >= 256 && N >= 64 &&
+         K >= 64;
+}
+
+void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate,
+                 const c10::optional<at::Tensor>& bias) {
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  TORCH_CHECK(b.size(0) == K && out.size(0) == M && out.size(1) == N && out.stride(1) == 1,
+              "matmul_into: mismatched sizes");
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (use_blocked_gemm(a.scalar_type(), M, N, K)) {
+    const at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
+    blocked_gemm(M, N, K, a.data_ptr<float>(), a.stride(0), a.stride(1), b.data_ptr<float>(),
+                 b.stride(0), b.stride(1), out.data_ptr<float>(), out.stride(0), accumulate,
+                 has_bias ? bias_c.data_ptr<float>() : nullptr);
+    return;
+  }
+  if (accumulate) {
+    at::cpu::addmm_out(out, out, a, b);
+    if (has_bias) out.add_(*bias);
+  } else if (has_bias) {
+    at::cpu::addmm_out(out, *bias, a, b);
+  } else {
+    at::cpu::mm_out(out, a, b);
+  }
+}
+
+}  // namespace fused_rnn::cpu
