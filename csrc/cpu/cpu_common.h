@@ -14,6 +14,7 @@
 #include <ATen/ops/mm_cpu_dispatch.h>
 
 #include "cells.h"
+#include "cpu/blocked_gemm.h"
 #include "cpu/cpu_isa.h"
 #include "cpu/output_pool.h"
 #include "cpu/packed_gemm.h"
@@ -157,6 +158,16 @@ struct BackwardState {
 
   Tensor gather() const { return at::cat(dh, 1); }
 };
+
+// recurrent_weight_grad (recurrent_weight_grad.h) with its products on matmul_into, so that
+// fp32 runs on blocked_gemm.
+inline Tensor cpu_recurrent_weight_grad(const Tensor& dgh, const Tensor& y, const Tensor& h0,
+                                        const optional<Tensor>& lengths, bool reverse) {
+  return recurrent_weight_grad(dgh, y, h0, lengths, reverse,
+                               [](Tensor& out, const Tensor& a, const Tensor& b, bool accumulate) {
+                                 matmul_into(out, a, b, accumulate);
+                               });
+}
 
 // Time step processed at position s of the forward pass.
 inline int64_t time_at(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }

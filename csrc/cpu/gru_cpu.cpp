@@ -217,7 +217,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   if (T_steps > 0) {
     units.for_each([&](int64_t k) { state.add_recurrent(k, dgh_steps[time_at(0, T_steps, reverse)]); });
   }
-  Tensor grad_w_hh = recurrent_weight_grad(dgh, y, h0, lengths, reverse);
+  Tensor grad_w_hh = cpu_recurrent_weight_grad(dgh, y, h0, lengths, reverse);
   Tensor grad_b_hh = dgh.reshape({-1, 3 * H}).sum(0);
   grad_gx.narrow(2, 2 * H, H).copy_(dgx_n);
   return {grad_gx, grad_w_hh, grad_b_hh, state.gather()};

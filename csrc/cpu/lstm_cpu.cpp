@@ -321,7 +321,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
     columns.for_each([&](int64_t k) { state.add_recurrent(k, dgx_steps[time_at(0, T_steps, reverse)]); });
   }
 
-  Tensor grad_w_hh = recurrent_weight_grad(grad_gx, y, h0, lengths, reverse);
+  Tensor grad_w_hh = cpu_recurrent_weight_grad(grad_gx, y, h0, lengths, reverse);
   Tensor grad_w_hr = empty_placeholder(opts);
   if (proj) {
     // grad_w_hr[P, H] = sum_t dh_total[t]^T h_raw[t], h_raw = o * tanh(c) recomputed.

@@ -179,7 +179,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_impl(const optional<Tensor>& gra
   if (T_steps > 0) {
     units.for_each([&](int64_t k) { state.add_recurrent(k, dgx_steps[time_at(0, T_steps, reverse)]); });
   }
-  Tensor grad_w_hh = recurrent_weight_grad(grad_gx, y, h0, lengths, reverse);
+  Tensor grad_w_hh = cpu_recurrent_weight_grad(grad_gx, y, h0, lengths, reverse);
   return {grad_gx, grad_w_hh, state.gather()};
 }
 
