@@ -193,13 +193,14 @@ inline __attribute__((always_inline)) void gemm_rows_impl(
 
   for (int64_t jc = 0; jc < N; jc += nc_max) {
     const int64_t nc = std::min(nc_max, N - jc);
-    for (int64_t pc = 0; pc < K; pc += kKc) {
-      pack_b_block(b + pc * b_rs + jc * b_cs, b_rs, b_cs, std::min(kKc, K - pc), nc,
-                   bp + pc * n_padded);
-    }
+    // Block pc of k of b into `dst`.
+    auto pack_b = [&](int64_t pc, float* dst) __attribute__((always_inline)) {
+      pack_b_block(b + pc * b_rs + jc * b_cs, b_rs, b_cs, std::min(kKc, K - pc), nc, dst);
+    };
     // Block (ic, pc) of out's rows and of k: pack its part of a, run its tiles. always_inline:
     // a lambda is otherwise compiled for the baseline ISA, not the variant's.
-    auto block = [&](int64_t ic, int64_t pc) __attribute__((always_inline)) {
+    // b_block: block pc of k of b, packed.
+    auto block = [&](int64_t ic, int64_t pc, const float* b_block) __attribute__((always_inline)) {
       const int64_t mc = std::min(kMc, m_end - ic), kc = std::min(kKc, K - pc);
       // the first block of k writes out (or adds to it when accumulating), the others add
       const bool add = accumulate || pc > 0;
@@ -207,7 +208,7 @@ inline __attribute__((always_inline)) void gemm_rows_impl(
       const int64_t a_stride = sliver_stride(kc);
       for (int64_t p = 0; p * kNr < nc; ++p) {
         const int64_t n0 = jc + p * kNr, cols = std::min(kNr, nc - p * kNr);
-        const float* panel = bp + pc * n_padded + p * kc * kNr;
+        const float* panel = b_block + p * kc * kNr;
         for (int64_t s = 0; s * kMr < mc; ++s) {
           const int64_t rows = std::min(kMr, mc - s * kMr);
           float* tile = out + (ic + s * kMr) * ldo + n0;
@@ -226,14 +227,17 @@ inline __attribute__((always_inline)) void gemm_rows_impl(
     // Blocks in a's memory order: a row block's blocks of k in turn (its block of out stays in
     // L2 over all of K), but a transposed a (grad_gx^T, rows of k contiguous) by blocks of k,
     // so that the row blocks read neighbouring parts of the same rows of memory (the other
-    // order was 15% slower for grad_w at K = 3200).
+    // order was 15% slower for grad_w at K = 3200); b's block of k is then packed just before
+    // its use, into the same memory each time (packing all of K first made grad_w 20% slower).
     if (a_rs == 1 && a_cs != 1) {
       for (int64_t pc = 0; pc < K; pc += kKc) {
-        for (int64_t ic = m_begin; ic < m_end; ic += kMc) block(ic, pc);
+        pack_b(pc, bp);
+        for (int64_t ic = m_begin; ic < m_end; ic += kMc) block(ic, pc, bp);
       }
     } else {
+      for (int64_t pc = 0; pc < K; pc += kKc) pack_b(pc, bp + pc * n_padded);
       for (int64_t ic = m_begin; ic < m_end; ic += kMc) {
-        for (int64_t pc = 0; pc < K; pc += kKc) block(ic, pc);
+        for (int64_t pc = 0; pc < K; pc += kKc) block(ic, pc, bp + pc * n_padded);
       }
     }
   }
