@@ -16,9 +16,9 @@ SHAPES = [(5, 3, 4, 4), (1, 1, 1, 1), (4, 2, 3, 3), (3, 6, 17, 17), (3, 4, 64, 6
 # backward up to 64) or on BLAS: hidden sizes that leave partial panels, partial 8-column blocks
 # and K % 8 != 0 in the packing, on one thread's slice and on two; a partial block of rows;
 # K beyond one chunk of 256 panel rows with a partial last chunk (backward of H = 70, both
-# directions of H = 260); BLAS in the backward only (B = 66) and in both (B = 258). The last two
-# run grad_w_hh on the blocked GEMM (G * H >= 256 rows: LSTM, and the GRU at H = 90), with the
-# h0 product on BLAS and the other steps' added to it.
+# directions of H = 260); BLAS in the backward only (B = 66) and in both (B = 258). The last
+# runs grad_w_hh (a transposed product) on the blocked GEMM for the LSTM (G * H >= 1024), with
+# the h0 product on BLAS and the other steps' added to it; the two before it on BLAS.
 FP32_SHAPES = [
     (3, 3, 21, 21),
     (2, 1, 45, 45),
@@ -29,6 +29,7 @@ FP32_SHAPES = [
     (2, 258, 5, 5),
     (5, 20, 70, 70),
     (3, 40, 90, 90),
+    (3, 40, 260, 260),
 ]
 LENGTHS = ["none", "varied"]
 

@@ -26,8 +26,9 @@ void blocked_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs,
                   bool accumulate, const float* bias);
 
 // Whether blocked_gemm runs a product of these sizes (fp32, an AVX2 CPU, and enough work per
-// thread that packing pays off); otherwise matmul_into uses ATen's BLAS.
-bool use_blocked_gemm(at::ScalarType dtype, int64_t M, int64_t N, int64_t K);
+// thread that packing pays off); otherwise matmul_into uses ATen's BLAS. a_transposed: a's
+// columns are contiguous (grad_gx^T in the weight gradients).
+bool use_blocked_gemm(at::ScalarType dtype, int64_t M, int64_t N, int64_t K, bool a_transposed);
 
 // out [M, N] (contiguous rows) (+)= a [M, K] @ b [K, N] (+ bias [N]), any strides of a and b:
 // blocked_gemm where use_blocked_gemm says so, else ATen's CPU kernels.
