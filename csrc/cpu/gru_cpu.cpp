@@ -196,7 +196,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   Tensor grad_gx = cpu_output({T_steps, B, 3 * H}, opts);
   Tensor& dgh = grad_gx;  // holds dgh until the end, see the top of the file
   Tensor dgx_n = cpu_output({T_steps, B, H}, opts);
-  const std::vector<Tensor> dgh_steps = dgh.unbind(0);  // [B, 3H] views, made once
   const T* dy = data_or_null<T>(grad_y);
   const int64_t* len = data_or_null<int64_t>(lengths);
   const Partition units(H, B * 3 * H * H);
@@ -205,17 +204,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   // Position i runs step s = T - 1 - i of the forward order.
   units.for_each_step(T_steps, [&](int64_t k, int64_t i) {
     const int64_t s = T_steps - 1 - i, t = time_at(s, T_steps, reverse);
-    if (i > 0) state.add_recurrent(k, dgh_steps[time_at(s + 1, T_steps, reverse)]);
+    if (i > 0) state.add_recurrent(k, dgh, time_at(s + 1, T_steps, reverse));
     const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps, reverse,
                                  gates.data_ptr<T>(), y.data_ptr<T>(), h0.data_ptr<T>(),
                                  dy ? dy + t * B * H : nullptr, state.dh[k].data_ptr<T>(),
-                                 dgh_steps[t].data_ptr<T>(),
+                                 dgh.data_ptr<T>() + t * B * 3 * H,
                                  dgx_n.data_ptr<T>() + t * B * H, len};
     gru_backward_slice(slice);
   });
   // The recurrent part of the first step's gate gradients reaches h0.
   if (T_steps > 0) {
-    units.for_each([&](int64_t k) { state.add_recurrent(k, dgh_steps[time_at(0, T_steps, reverse)]); });
+    units.for_each([&](int64_t k) { state.add_recurrent(k, dgh, time_at(0, T_steps, reverse)); });
   }
   Tensor grad_w_hh = cpu_recurrent_weight_grad(dgh, y, h0, lengths, reverse);
   Tensor grad_b_hh = dgh.reshape({-1, 3 * H}).sum(0);

@@ -256,7 +256,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
   const T* dy = data_or_null<T>(grad_y);
 
   Tensor grad_gx = cpu_output({T_steps, B, 4 * H}, opts);
-  const std::vector<Tensor> dgx_steps = grad_gx.unbind(0);  // [B, 4H] views, made once
   Tensor dc = has(grad_c_n) ? grad_c_n->clone() : at::zeros({B, H}, opts);  // [B, H]
   // Units of the cell maths; without a projection they are also the columns of dh.
   const Partition units(H, B * 4 * H * P);
@@ -279,7 +278,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
     const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps, reverse,
                                  gates.data_ptr<T>(), cs.data_ptr<T>(), c0.data_ptr<T>(),
                                  dh, zero_dh, dy_t, dc.data_ptr<T>(),
-                                 dgx_steps[t].data_ptr<T>(), len};
+                                 grad_gx.data_ptr<T>() + t * B * 4 * H, len};
     lstm_backward_slice(slice);
   };
 
@@ -287,18 +286,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
     // Position i runs step s = T - 1 - i of the forward order.
     units.for_each_step(T_steps, [&](int64_t k, int64_t i) {
       const int64_t s = T_steps - 1 - i, t = time_at(s, T_steps, reverse);
-      if (i > 0) state.add_recurrent(k, dgx_steps[time_at(s + 1, T_steps, reverse)]);
+      if (i > 0) state.add_recurrent(k, grad_gx, time_at(s + 1, T_steps, reverse));
       cell_backward(k, t, state.dh[k].data_ptr<T>(), true, dy ? dy + t * B * P : nullptr);
     });
   } else {
     for (int64_t s = T_steps - 1; s >= 0; --s) {
       const int64_t t = time_at(s, T_steps, reverse);
-      const Tensor* dgx_after = s + 1 < T_steps ? &dgx_steps[time_at(s + 1, T_steps, reverse)] : nullptr;
+      const bool has_after = s + 1 < T_steps;
       // With a projection the columns of dh (P) and the units (H) are split differently, so
       // dh_total[t] is completed before any unit slice reads it: two fork/joins per step.
       T* total = dh_total.data_ptr<T>() + t * B * P;
       columns.for_each([&](int64_t k) {
-        if (dgx_after) state.add_recurrent(k, *dgx_after);
+        if (has_after) state.add_recurrent(k, grad_gx, time_at(s + 1, T_steps, reverse));
         const int64_t p0 = columns.begin(k), m = columns.units(k);
         T* dh = state.dh[k].data_ptr<T>();
         for (int64_t b = 0; b < B; ++b) {
@@ -318,7 +317,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
   }
   // The recurrent part of the first step's gate gradients reaches h0.
   if (T_steps > 0) {
-    columns.for_each([&](int64_t k) { state.add_recurrent(k, dgx_steps[time_at(0, T_steps, reverse)]); });
+    columns.for_each([&](int64_t k) { state.add_recurrent(k, grad_gx, time_at(0, T_steps, reverse)); });
   }
 
   Tensor grad_w_hh = cpu_recurrent_weight_grad(grad_gx, y, h0, lengths, reverse);

@@ -160,7 +160,6 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_impl(const optional<Tensor>& gra
                                                      bool reverse, const RecurrenceSizes& n) {
   const int64_t T_steps = n.T, B = n.B, H = n.H;
   Tensor grad_gx = cpu_output({T_steps, B, H}, y.options());
-  const std::vector<Tensor> dgx_steps = grad_gx.unbind(0);  // [B, H] views, made once
   const T* dy = data_or_null<T>(grad_y);
   const int64_t* len = data_or_null<int64_t>(lengths);
   const Partition units(H, B * H * H);
@@ -168,7 +167,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_impl(const optional<Tensor>& gra
   // Position i runs step s = T - 1 - i of the forward order.
   units.for_each_step(T_steps, [&](int64_t k, int64_t i) {
     const int64_t s = T_steps - 1 - i, t = time_at(s, T_steps, reverse);
-    if (i > 0) state.add_recurrent(k, dgx_steps[time_at(s + 1, T_steps, reverse)]);
+    if (i > 0) state.add_recurrent(k, grad_gx, time_at(s + 1, T_steps, reverse));
     const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps,
                                  y.data_ptr<T>() + t * B * H, dy ? dy + t * B * H : nullptr,
                                  state.dh[k].data_ptr<T>(), grad_gx.data_ptr<T>() + t * B * H,
@@ -177,7 +176,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_impl(const optional<Tensor>& gra
   });
   // The recurrent part of the first step's gradients reaches h0.
   if (T_steps > 0) {
-    units.for_each([&](int64_t k) { state.add_recurrent(k, dgx_steps[time_at(0, T_steps, reverse)]); });
+    units.for_each([&](int64_t k) { state.add_recurrent(k, grad_gx, time_at(0, T_steps, reverse)); });
   }
   Tensor grad_w_hh = cpu_recurrent_weight_grad(grad_gx, y, h0, lengths, reverse);
   return {grad_gx, grad_w_hh, state.gather()};
