@@ -24,6 +24,7 @@ template <typename T>
 struct ForwardSlice {
   int64_t B, H, j0, n, t, T_steps;
   const T* gx_t;
+  const T* gx_next;  // gx of the next step (prefetched), or nullptr
   const T* gh;       // this slice's recurrent product h_prev @ w_hh[rows of the slice]^T
   const T* b_hh;     // [3H] or nullptr
   const T* h_prev;
@@ -61,6 +62,9 @@ __attribute__((always_inline)) inline void gru_forward_slice_impl(const ForwardS
   const int64_t H = s.H, j0 = s.j0, n = s.n;
   for (int64_t b = 0; b < s.B; ++b) {
     const int64_t row = b * H + j0;
+    if (s.gx_next) {
+      for (int64_t k = 0; k < 3; ++k) prefetch_range(s.gx_next + b * 3 * H + k * H + j0, n);
+    }
     if (!step_is_valid(s.t, length_of(s.lengths, b, s.T_steps))) {
       std::copy_n(s.h_prev + row, n, s.h_next + row);
       std::fill_n(s.y_t + row, n, T(0));
@@ -174,6 +178,9 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& gx, const Tens
                                 t,
                                 T_steps,
                                 gx.data_ptr<T>() + t * B * 3 * H,
+                                s + 1 < T_steps
+                                    ? gx.data_ptr<T>() + time_at(s + 1, T_steps, reverse) * B * 3 * H
+                                    : nullptr,
                                 slices.pre[k].data_ptr<T>(),
                                 data_or_null<T>(b_hh),
                                 h_prev.data_ptr<T>(),

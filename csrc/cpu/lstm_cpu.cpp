@@ -27,6 +27,7 @@ template <typename T>
 struct ForwardSlice {
   int64_t B, H, j0, n, t, T_steps;
   const T* gx_t;
+  const T* gx_next;   // gx of the next step (prefetched), or nullptr
   const T* pre;       // this slice's recurrent product h_prev @ w_hh[rows of the slice]^T
   const T* h_prev;    // [B, H] state before the step (kept by finished sequences), or nullptr
   T* h_next;          // [B, H] state after the step, or h_raw with a projection
@@ -67,6 +68,9 @@ __attribute__((always_inline)) inline void lstm_forward_slice_impl(const Forward
   const int64_t H = s.H, j0 = s.j0, n = s.n;
   for (int64_t b = 0; b < s.B; ++b) {
     const int64_t row = b * H + j0;  // unit j0 of batch row b in [B, H] arrays
+    if (s.gx_next) {
+      for (int64_t k = 0; k < 4; ++k) prefetch_range(s.gx_next + b * 4 * H + k * H + j0, n);
+    }
     if (!step_is_valid(s.t, length_of(s.lengths, b, s.T_steps))) {
       // Finished sequence: the state stays, the output is zero, the workspace is unused.
       if (s.h_prev) std::copy_n(s.h_prev + row, n, s.h_next + row);
@@ -106,6 +110,8 @@ struct BackwardSlice {
   T* dc;            // [B, H] gradient reaching c_t, updated in place to c_{t-1}
   T* dgx_t;         // [B, 4H]
   const int64_t* lengths;
+  int64_t t_next;   // the step the next position runs (its rows are prefetched), or -1
+  const T* dy;      // [T, B, H] all steps, or nullptr
 };
 
 template <bool kHasDy, typename T>
@@ -137,6 +143,11 @@ __attribute__((always_inline)) inline void lstm_backward_slice_impl(const Backwa
       continue;
     }
     const int64_t row = b * H + j0;
+    if (s.t_next >= 0) {
+      for (int64_t k = 0; k < 4; ++k) prefetch_range(s.gates + (s.t_next * B + b) * 4 * H + k * H + j0, n);
+      prefetch_range(s.cs + s.t_next * B * H + row, n);
+      if (s.dy) prefetch_range(s.dy + s.t_next * B * H + row, n);
+    }
     const T* g = s.gates + (t * B + b) * 4 * H + j0;
     const T* c = s.cs + t * B * H + row;
     const T* c_prev = step_is_first(t, length, s.reverse)
@@ -217,6 +228,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
                                 t,
                                 T_steps,
                                 gx.data_ptr<T>() + t * B * 4 * H,
+                                s + 1 < T_steps
+                                    ? gx.data_ptr<T>() + time_at(s + 1, T_steps, reverse) * B * 4 * H
+                                    : nullptr,
                                 slices.pre[k].data_ptr<T>(),
                                 // with a projection the commit below handles finished rows
                                 proj ? nullptr : h_prev.data_ptr<T>(),
@@ -274,11 +288,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
                             kForwardPackedMaxRows);
   }
 
-  auto cell_backward = [&](int64_t k, int64_t t, T* dh, bool zero_dh, const T* dy_t) {
+  // t_next: the step of the next position (prefetched), or -1.
+  auto cell_backward = [&](int64_t k, int64_t t, int64_t t_next, T* dh, bool zero_dh,
+                           const T* dy_t) {
     const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps, reverse,
                                  gates.data_ptr<T>(), cs.data_ptr<T>(), c0.data_ptr<T>(),
                                  dh, zero_dh, dy_t, dc.data_ptr<T>(),
-                                 grad_gx.data_ptr<T>() + t * B * 4 * H, len};
+                                 grad_gx.data_ptr<T>() + t * B * 4 * H, len, t_next,
+                                 proj ? nullptr : dy};
     lstm_backward_slice(slice);
   };
 
@@ -287,7 +304,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
     units.for_each_step(T_steps, [&](int64_t k, int64_t i) {
       const int64_t s = T_steps - 1 - i, t = time_at(s, T_steps, reverse);
       if (i > 0) state.add_recurrent(k, grad_gx, time_at(s + 1, T_steps, reverse));
-      cell_backward(k, t, state.dh[k].data_ptr<T>(), true, dy ? dy + t * B * P : nullptr);
+      const int64_t t_next = s > 0 ? time_at(s - 1, T_steps, reverse) : -1;
+      cell_backward(k, t, t_next, state.dh[k].data_ptr<T>(), true, dy ? dy + t * B * P : nullptr);
     });
   } else {
     for (int64_t s = T_steps - 1; s >= 0; --s) {
@@ -311,7 +329,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
       const Tensor total_t = dh_total[t];
       units.for_each([&](int64_t k) {
         w_hr_units[k].multiply(dh_raw[k], total_t, false);
-        cell_backward(k, t, dh_raw[k].data_ptr<T>(), false, nullptr);
+        cell_backward(k, t, s > 0 ? time_at(s - 1, T_steps, reverse) : -1,
+                      dh_raw[k].data_ptr<T>(), false, nullptr);
       });
     }
   }
