@@ -15,7 +15,8 @@ ops = torch.ops.fused_rnn
 # (rows, in_features, out_features). Blocked GEMM: a partial sliver of 4 rows (257); last panels
 # of 24 columns (72), 16 (88 = 3 * 24 + 16), 10 and 20 (edge tiles: 130, 260); k not a multiple
 # of 8 (70) and beyond one block of 256 with a partial block (600); so many k that b is packed
-# in two column blocks (5000 x 260); several blocks of 128 rows per thread (1000). grad_w has a
+# in two column blocks (5000 x 260), or in blocks of k (44000: more than 2^20 / 24); several
+# blocks of 128 rows per thread (1000). grad_w has a
 # transposed a, on the blocked GEMM from 1024 out_features (1030, with a partial sliver). BLAS:
 # below 256 rows (100), or a dimension below 64 (300 x 5).
 SHAPES = [
@@ -24,6 +25,7 @@ SHAPES = [
     (300, 600, 72),
     (1000, 256, 88),
     (256, 5000, 260),
+    (256, 44000, 64),
     (100, 128, 512),
     (300, 5, 70),
     (300, 70, 5),

@@ -27,9 +27,10 @@ constexpr int64_t kNr = 8 * kNv;
 constexpr int64_t kKc = 256;
 // Rows of out per block of a: kMc x kKc floats (128 KB) in L2 while the panels pass.
 constexpr int64_t kMc = 128;
-// A block of b is all of K by up to kNc columns, at most kMaxPackedB floats (4 MB, in L3): a
-// block of out (kMc rows) then takes every block of k while it is in L2, and each panel's block
-// of k is read from L3 once per block of a, then from L1.
+// A block of b is all of K (or one block of k, see k_outer in gemm_rows_impl) by up to kNc
+// columns, at most kMaxPackedB floats (4 MB, in L3): a block of out (kMc rows) then takes every
+// block of k while it is in L2, and each panel's block of k is read from L3 once per block of a,
+// then from L1.
 constexpr int64_t kNc = 2048;
 constexpr int64_t kMaxPackedB = int64_t(1) << 20;
 // Slivers (kMr rows) per thread at least: below this, fewer threads.
@@ -180,15 +181,19 @@ inline __attribute__((always_inline)) void gemm_rows_impl(
     int64_t a_cs, const float* b, int64_t b_rs, int64_t b_cs, float* out, int64_t ldo,
     bool accumulate, const float* bias) {
   PackBuffers& buffers = thread_buffers();
-  // Columns per block of b: all of K is packed at once (so that a block of out stays in L2
-  // for all of K), within kMaxPackedB floats.
-  const int64_t nc_max = std::clamp(kMaxPackedB / K / kNr * kNr, kNr, kNc);
+  // The order of the blocks (see the loops below): by blocks of k for a transposed a, and for a
+  // K so large that kNr columns of all of it would not fit in kMaxPackedB floats.
+  const bool k_outer = (a_rs == 1 && a_cs != 1) || K > kMaxPackedB / kNr;
+  // Rows of b packed at a time: one block of k, or all of K (so that a block of out stays in
+  // L2 for all of K); columns per block of b within kMaxPackedB floats.
+  const int64_t k_rows = k_outer ? std::min(kKc, K) : K;
+  const int64_t nc_max = std::clamp(kMaxPackedB / k_rows / kNr * kNr, kNr, kNc);
   const int64_t n_padded = (std::min(nc_max, N) + kNr - 1) / kNr * kNr;
   const int64_t m_padded = (std::min(kMc, m_end - m_begin) + kMr - 1) / kMr * kMr;
-  if (static_cast<int64_t>(buffers.b.size()) < K * n_padded) buffers.b.resize(K * n_padded);
+  if (static_cast<int64_t>(buffers.b.size()) < k_rows * n_padded) buffers.b.resize(k_rows * n_padded);
   const int64_t a_size = m_padded / kMr * sliver_stride(std::min(kKc, K));
   if (static_cast<int64_t>(buffers.a.size()) < a_size) buffers.a.resize(a_size);
-  float* bp = buffers.b.data();  // block pc of k at bp + pc * n_padded, [panels][kc][kNr]
+  float* bp = buffers.b.data();  // block pc of k at bp (+ pc * n_padded), [panels][kc][kNr]
   float* ap = buffers.a.data();
 
   for (int64_t jc = 0; jc < N; jc += nc_max) {
@@ -229,7 +234,7 @@ inline __attribute__((always_inline)) void gemm_rows_impl(
     // so that the row blocks read neighbouring parts of the same rows of memory (the other
     // order was 15% slower for grad_w at K = 3200); b's block of k is then packed just before
     // its use, into the same memory each time (packing all of K first made grad_w 20% slower).
-    if (a_rs == 1 && a_cs != 1) {
+    if (k_outer) {
       for (int64_t pc = 0; pc < K; pc += kKc) {
         pack_b(pc, bp);
         for (int64_t ic = m_begin; ic < m_end; ic += kMc) block(ic, pc, bp);
