@@ -123,7 +123,7 @@ inline __attribute__((always_inline)) void pack_b_block(const float* b, int64_t 
   }
 }
 
-// out[0:rows, 0:cols] = (add ? out : bias) + ap @ bp over kc, for one sliver and the first
+// out[0:rows, 0:cols] = (add ? out : 0) + ap @ bp over kc (+ bias), for one sliver and the first
 // 8 * NV >= cols columns of one panel (fewer for the last panel: no work on its padding).
 template <int NV>
 inline __attribute__((always_inline)) void tile_kernel(int64_t kc, const float* __restrict__ ap,
@@ -151,13 +151,10 @@ inline __attribute__((always_inline)) void tile_kernel(int64_t kc, const float* 
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
         float8* o = reinterpret_cast<float8*>(out + m * ldo + 8 * v);
-        if (add) {
-          *o += acc[m][v];
-        } else if (bias) {
-          *o = acc[m][v] + *reinterpret_cast<const float8*>(bias + 8 * v);
-        } else {
-          *o = acc[m][v];
-        }
+        float8 value = acc[m][v];
+        if (add) value += *o;
+        if (bias) value += *reinterpret_cast<const float8*>(bias + 8 * v);
+        *o = value;
       }
     }
     return;
@@ -169,7 +166,7 @@ inline __attribute__((always_inline)) void tile_kernel(int64_t kc, const float* 
   }
   for (int64_t m = 0; m < rows; ++m) {
     for (int64_t n = 0; n < cols; ++n) {
-      const float base = add ? out[m * ldo + n] : (bias ? bias[n] : 0.0f);
+      const float base = (add ? out[m * ldo + n] : 0.0f) + (bias ? bias[n] : 0.0f);
       out[m * ldo + n] = base + tile[m][n];
     }
   }
@@ -217,7 +214,8 @@ inline __attribute__((always_inline)) void gemm_rows_impl(
         for (int64_t s = 0; s * kMr < mc; ++s) {
           const int64_t rows = std::min(kMr, mc - s * kMr);
           float* tile = out + (ic + s * kMr) * ldo + n0;
-          const float* tile_bias = bias ? bias + n0 : nullptr;
+          // the bias joins with the first block of k
+          const float* tile_bias = bias && pc == 0 ? bias + n0 : nullptr;
           const float* sliver = ap + s * a_stride;
           if (cols > 16) {
             tile_kernel<3>(kc, sliver, panel, tile, ldo, rows, cols, add, tile_bias);
