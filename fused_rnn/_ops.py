@@ -59,14 +59,13 @@ def linear_fake(input, weight, bias):
 
 
 def linear_backward_fake(grad_output, input, weight, output_mask):
-    def grad_like(tensor, wanted):
-        return torch.empty_like(tensor) if wanted else input.new_empty(0)
+    def grad(wanted, shape):
+        return input.new_empty(shape if wanted else (0,))
 
-    grad_bias_like = input.new_empty(weight.shape[0])
     return (
-        grad_like(input, output_mask[0]),
-        grad_like(weight, output_mask[1]),
-        grad_like(grad_bias_like, output_mask[2]),
+        grad(output_mask[0], input.shape),
+        grad(output_mask[1], weight.shape),
+        grad(output_mask[2], (weight.shape[0],)),
     )
 
 

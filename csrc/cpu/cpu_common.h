@@ -198,6 +198,17 @@ inline __attribute__((always_inline)) void prefetch_range(const T* p, int64_t co
 // Time step processed at position s of the forward pass.
 inline int64_t time_at(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
 
+// time_at(s), or -1 for a position outside [0, T) (the neighbour of the first or last step).
+inline int64_t time_or_none(int64_t s, int64_t T, bool reverse) {
+  return s >= 0 && s < T ? time_at(s, T, reverse) : -1;
+}
+
+// Step t of a contiguous [T, ...] tensor, or nullptr for t = -1 (see time_or_none).
+template <typename T>
+inline const T* step_data_or_null(const Tensor& steps, int64_t t) {
+  return t < 0 ? nullptr : steps.data_ptr<T>() + t * steps.stride(0);
+}
+
 // Time step whose output is h_prev of step t (valid only when t is not a sequence's first step).
 inline int64_t prev_time(int64_t t, bool reverse) { return reverse ? t + 1 : t - 1; }
 

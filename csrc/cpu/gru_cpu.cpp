@@ -178,9 +178,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& gx, const Tens
                                 t,
                                 T_steps,
                                 gx.data_ptr<T>() + t * B * 3 * H,
-                                s + 1 < T_steps
-                                    ? gx.data_ptr<T>() + time_at(s + 1, T_steps, reverse) * B * 3 * H
-                                    : nullptr,
+                                step_data_or_null<T>(gx, time_or_none(s + 1, T_steps, reverse)),
                                 slices.pre[k].data_ptr<T>(),
                                 data_or_null<T>(b_hh),
                                 h_prev.data_ptr<T>(),

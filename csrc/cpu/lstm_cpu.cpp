@@ -228,9 +228,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
                                 t,
                                 T_steps,
                                 gx.data_ptr<T>() + t * B * 4 * H,
-                                s + 1 < T_steps
-                                    ? gx.data_ptr<T>() + time_at(s + 1, T_steps, reverse) * B * 4 * H
-                                    : nullptr,
+                                step_data_or_null<T>(gx, time_or_none(s + 1, T_steps, reverse)),
                                 slices.pre[k].data_ptr<T>(),
                                 // with a projection the commit below handles finished rows
                                 proj ? nullptr : h_prev.data_ptr<T>(),
@@ -304,8 +302,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
     units.for_each_step(T_steps, [&](int64_t k, int64_t i) {
       const int64_t s = T_steps - 1 - i, t = time_at(s, T_steps, reverse);
       if (i > 0) state.add_recurrent(k, grad_gx, time_at(s + 1, T_steps, reverse));
-      const int64_t t_next = s > 0 ? time_at(s - 1, T_steps, reverse) : -1;
-      cell_backward(k, t, t_next, state.dh[k].data_ptr<T>(), true, dy ? dy + t * B * P : nullptr);
+      cell_backward(k, t, time_or_none(s - 1, T_steps, reverse), state.dh[k].data_ptr<T>(), true,
+                    dy ? dy + t * B * P : nullptr);
     });
   } else {
     for (int64_t s = T_steps - 1; s >= 0; --s) {
@@ -329,8 +327,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
       const Tensor total_t = dh_total[t];
       units.for_each([&](int64_t k) {
         w_hr_units[k].multiply(dh_raw[k], total_t, false);
-        cell_backward(k, t, s > 0 ? time_at(s - 1, T_steps, reverse) : -1,
-                      dh_raw[k].data_ptr<T>(), false, nullptr);
+        cell_backward(k, t, time_or_none(s - 1, T_steps, reverse), dh_raw[k].data_ptr<T>(), false,
+                      nullptr);
       });
     }
   }
