@@ -17,10 +17,13 @@ ops = torch.ops.fused_rnn
 # of 8 (70) and beyond one block of 256 with a partial block (600); so many k that b is packed
 # in two column blocks (5000 x 260), or in blocks of k (44000: more than 2^20 / 24); several
 # blocks of 128 rows per thread (1000). grad_w has a
-# transposed a, on the blocked GEMM from 1024 out_features (1030, with a partial sliver). BLAS:
-# below 256 rows (100), or a dimension below 64 (300 x 5).
+# transposed a, on the blocked GEMM from 1024 out_features (1030, with a partial sliver), and
+# grad_b is summed from its packed blocks: once per block of k, and only for the first of
+# several column blocks of x (2100 > 2048 in_features). BLAS: below 256 rows (100), or a
+# dimension below 64 (300 x 5).
 SHAPES = [
     (300, 70, 1030),
+    (260, 2100, 1024),
     (257, 70, 130),
     (300, 600, 72),
     (1000, 256, 88),
@@ -71,7 +74,8 @@ def test_linear_backward_fp32_against_fp64(shape):
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_linear_thread_counts(threads):
-    """Threads take whole slivers of rows; a thread count that does not divide them."""
+    """Threads take whole slivers of rows; a thread count that does not divide them (grad_w and
+    grad_b: 1030 out_features on the transposed path, each thread summing its own rows)."""
     torch.set_num_threads(threads)
     try:
         x, w, b = make(1001, 96, 100)
@@ -79,14 +83,21 @@ def test_linear_thread_counts(threads):
         g = torch.randn(1001, 100)
         _, grad_w, _ = ops.linear_backward(g, x, w, [False, True, False])
         close(grad_w, g.double().t() @ x.double(), 1001)
+        x, w, _ = make(1001, 96, 1030)
+        g = torch.randn(1001, 1030)
+        _, grad_w, grad_b = ops.linear_backward(g, x, w, [False, True, True])
+        close(grad_w, g.double().t() @ x.double(), 1001)
+        close(grad_b, g.double().sum(0), 1001)
     finally:
         torch.set_num_threads(2)
 
 
 @pytest.mark.parametrize("mask", [[True, False, False], [False, True, False], [False, False, True]])
-def test_linear_backward_output_mask(mask):
-    x, w, _ = make(300, 70, 80)
-    g = torch.randn(300, 80)
+@pytest.mark.parametrize("out_features", [80, 1030], ids=["blas", "blocked"])
+def test_linear_backward_output_mask(mask, out_features):
+    """grad_b alone, and grad_w without grad_b, on both paths of grad_w."""
+    x, w, _ = make(300, 70, out_features)
+    g = torch.randn(300, out_features)
     grads = ops.linear_backward(g, x, w, mask)
     expected = (g @ w, g.t() @ x, g.sum(0))
     for grad, wanted, reference in zip(grads, mask, expected):

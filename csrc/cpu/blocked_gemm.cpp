@@ -93,6 +93,27 @@ inline __attribute__((always_inline)) void pack_a_block(const float* a, int64_t 
   }
 }
 
+// sums[r] += a[r, k] summed over the block's kc values of k, for its mc rows, read back from
+// the packed block ap while it is in cache: the bias gradient of linear_backward (the row
+// sums of grad_gx^T) without a separate pass over grad_gx. Two levels, as the tiles' sums: a
+// block's sum first, then the running total.
+inline __attribute__((always_inline)) void add_row_sums(const float* ap, int64_t mc, int64_t kc,
+                                                        float* sums) {
+  const int64_t stride = sliver_stride(kc);
+  for (int64_t s = 0; s * kMr < mc; ++s) {
+    const float* sliver = ap + s * stride;  // [kc][kMr]
+    // lanes 0-3: rows at even k, 4-7: the same rows at odd k
+    float8 pair = {};
+    int64_t k = 0;
+    for (; k + 2 <= kc; k += 2) pair += *reinterpret_cast<const float8*>(sliver + k * kMr);
+    for (int64_t r = 0; r < kMr && s * kMr + r < mc; ++r) {
+      float block = pair[r] + pair[kMr + r];
+      if (k < kc) block += sliver[k * kMr + r];
+      sums[s * kMr + r] += block;
+    }
+  }
+}
+
 // bp[p][k][j] = b[k, p * kNr + j] for the kc x nc block at `b`, columns past nc zero.
 inline __attribute__((always_inline)) void pack_b_block(const float* b, int64_t rs, int64_t cs,
                                                         int64_t kc, int64_t nc, float* bp) {
@@ -176,8 +197,9 @@ inline __attribute__((always_inline)) void tile_kernel(int64_t kc, const float* 
 inline __attribute__((always_inline)) void gemm_rows_impl(
     int64_t m_begin, int64_t m_end, int64_t N, int64_t K, const float* a, int64_t a_rs,
     int64_t a_cs, const float* b, int64_t b_rs, int64_t b_cs, float* out, int64_t ldo,
-    bool accumulate, const float* bias) {
+    bool accumulate, const float* bias, float* a_row_sums) {
   PackBuffers& buffers = thread_buffers();
+  if (a_row_sums) std::fill(a_row_sums + m_begin, a_row_sums + m_end, 0.0f);
   // The order of the blocks (see the loops below): by blocks of k for a transposed a, and for a
   // K so large that kNr columns of all of it would not fit in kMaxPackedB floats.
   const bool k_outer = (a_rs == 1 && a_cs != 1) || K > kMaxPackedB / kNr;
@@ -207,6 +229,8 @@ inline __attribute__((always_inline)) void gemm_rows_impl(
       // the first block of k writes out (or adds to it when accumulating), the others add
       const bool add = accumulate || pc > 0;
       pack_a_block(a + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, kc, ap);
+      // a is packed once per block of columns of b: its rows are summed with the first
+      if (a_row_sums && jc == 0) add_row_sums(ap, mc, kc, a_row_sums + ic);
       const int64_t a_stride = sliver_stride(kc);
       for (int64_t p = 0; p * kNr < nc; ++p) {
         const int64_t n0 = jc + p * kNr, cols = std::min(kNr, nc - p * kNr);
@@ -250,18 +274,27 @@ FUSED_RNN_CPU_ISA_VARIANTS(gemm_rows,
                            (int64_t m_begin, int64_t m_end, int64_t N, int64_t K, const float* a,
                             int64_t a_rs, int64_t a_cs, const float* b, int64_t b_rs,
                             int64_t b_cs, float* out, int64_t ldo, bool accumulate,
-                            const float* bias),
+                            const float* bias, float* a_row_sums),
                            (m_begin, m_end, N, K, a, a_rs, a_cs, b, b_rs, b_cs, out, ldo,
-                            accumulate, bias),
+                            accumulate, bias, a_row_sums),
                            gemm_rows_impl(m_begin, m_end, N, K, a, a_rs, a_cs, b, b_rs, b_cs, out,
-                                          ldo, accumulate, bias))
+                                          ldo, accumulate, bias, a_row_sums))
 
 }  // namespace
 
 void blocked_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_cs,
                   const float* b, int64_t b_rs, int64_t b_cs, float* out, int64_t ldo,
-                  bool accumulate, const float* bias) {
-  if (M == 0 || N == 0) return;
+                  bool accumulate, const float* bias, float* a_row_sums) {
+  if (M == 0) return;
+  if (a_row_sums && (N == 0 || K == 0)) {
+    // no block of a is packed: sum its rows here
+    for (int64_t m = 0; m < M; ++m) {
+      float sum = 0.0f;
+      for (int64_t k = 0; k < K; ++k) sum += a[m * a_rs + k * a_cs];
+      a_row_sums[m] = sum;
+    }
+  }
+  if (N == 0) return;
   if (K == 0) {
     // a product over nothing: out keeps its values (+ bias) or becomes bias (or zero)
     for (int64_t m = 0; m < M; ++m) {
@@ -275,7 +308,7 @@ void blocked_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs,
   const int64_t slivers = (M + kMr - 1) / kMr;
   at::parallel_for(0, slivers, kMinSliversPerThread, [&](int64_t s_begin, int64_t s_end) {
     gemm_rows(s_begin * kMr, std::min(M, s_end * kMr), N, K, a, a_rs, a_cs, b, b_rs, b_cs, out,
-              ldo, accumulate, bias);
+              ldo, accumulate, bias, a_row_sums);
   });
 }
 
@@ -289,19 +322,24 @@ bool use_blocked_gemm(at::ScalarType dtype, int64_t M, int64_t N, int64_t K, boo
 }
 
 void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate,
-                 const c10::optional<at::Tensor>& bias) {
+                 const c10::optional<at::Tensor>& bias, at::Tensor* a_row_sums) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   TORCH_CHECK(b.size(0) == K && out.size(0) == M && out.size(1) == N && out.stride(1) == 1,
               "matmul_into: mismatched sizes");
+  TORCH_CHECK(!a_row_sums || (a_row_sums->dim() == 1 && a_row_sums->size(0) == M &&
+                              a_row_sums->is_contiguous()),
+              "matmul_into: a_row_sums must be a contiguous [M] tensor");
   const bool has_bias = bias.has_value() && bias->defined();
   const bool a_transposed = a.stride(0) == 1 && a.stride(1) != 1;
   if (use_blocked_gemm(a.scalar_type(), M, N, K, a_transposed)) {
     const at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
     blocked_gemm(M, N, K, a.data_ptr<float>(), a.stride(0), a.stride(1), b.data_ptr<float>(),
                  b.stride(0), b.stride(1), out.data_ptr<float>(), out.stride(0), accumulate,
-                 has_bias ? bias_c.data_ptr<float>() : nullptr);
+                 has_bias ? bias_c.data_ptr<float>() : nullptr,
+                 a_row_sums ? a_row_sums->data_ptr<float>() : nullptr);
     return;
   }
+  if (a_row_sums) at::sum_out(*a_row_sums, a, {1});
   if (accumulate) {
     at::cpu::addmm_out(out, out, a, b);
     if (has_bias) out.add_(*bias);

@@ -20,10 +20,11 @@ namespace fused_rnn::cpu {
 
 // out (contiguous rows, [M, N] with row stride ldo) (+)= a @ b (+ bias), with a[m, k] at
 // a[m * a_rs + k * a_cs] and b[k, n] at b[k * b_rs + n * b_cs]. With accumulate the product is
-// added to out; bias (nullptr or [N]) is added to every row.
+// added to out; bias (nullptr or [N]) is added to every row. a_row_sums (nullptr or [M]) is
+// set to the sums of a's rows over k, taken from a's packed blocks (no second pass over a).
 void blocked_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_cs,
                   const float* b, int64_t b_rs, int64_t b_cs, float* out, int64_t ldo,
-                  bool accumulate, const float* bias);
+                  bool accumulate, const float* bias, float* a_row_sums = nullptr);
 
 // Whether blocked_gemm runs a product of these sizes (fp32, an AVX2 CPU, and enough work per
 // thread that packing pays off); otherwise matmul_into uses ATen's BLAS. a_transposed: a's
@@ -31,8 +32,10 @@ void blocked_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs,
 bool use_blocked_gemm(at::ScalarType dtype, int64_t M, int64_t N, int64_t K, bool a_transposed);
 
 // out [M, N] (contiguous rows) (+)= a [M, K] @ b [K, N] (+ bias [N]), any strides of a and b:
-// blocked_gemm where use_blocked_gemm says so, else ATen's CPU kernels.
+// blocked_gemm where use_blocked_gemm says so, else ATen's CPU kernels. a_row_sums (a
+// contiguous [M] tensor, or nullptr) is set to a.sum(1), on the blocked path while a is packed.
 void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate,
-                 const c10::optional<at::Tensor>& bias = c10::nullopt);
+                 const c10::optional<at::Tensor>& bias = c10::nullopt,
+                 at::Tensor* a_row_sums = nullptr);
 
 }  // namespace fused_rnn::cpu

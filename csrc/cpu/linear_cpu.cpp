@@ -2,8 +2,8 @@
 //   y [..., O] = x [..., I] @ weight [O, I]^T + bias [O]
 //   grad_x = grad_y @ weight, grad_weight = grad_y^T @ x, grad_bias = grad_y summed over rows
 // In fp32 the three products run on blocked_gemm (faster than BLAS on these shapes, and the
-// transposed operands cost only its packing); other dtypes, and products too small to pay for
-// the packing, on ATen's BLAS.
+// transposed operands cost only its packing; grad_bias is summed from grad_weight's packed
+// operand); other dtypes, and products too small to pay for the packing, on ATen's BLAS.
 #include <torch/library.h>
 
 #include "cpu/blocked_gemm.h"
@@ -59,11 +59,14 @@ std::tuple<Tensor, Tensor, Tensor> linear_backward_cpu(const Tensor& grad_y, con
     matmul_into(grad_x, g2, weight, false);
     grad_x = grad_x.view(x.sizes());
   }
+  if (output_mask[2]) grad_bias = uninitialized(at::empty({O}, x.options()));
   if (output_mask[1]) {
     grad_weight = uninitialized(at::empty({O, I}, x.options()));
-    matmul_into(grad_weight, g2.t(), x2, false);
+    // grad_bias: the row sums of grad_y^T, taken while the product packs them
+    matmul_into(grad_weight, g2.t(), x2, false, c10::nullopt, output_mask[2] ? &grad_bias : nullptr);
+  } else if (output_mask[2]) {
+    at::sum_out(grad_bias, g2, {0});
   }
-  if (output_mask[2]) grad_bias = g2.sum(0);
   return {grad_x, grad_weight, grad_bias};
 }
 
