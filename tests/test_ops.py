@@ -117,17 +117,40 @@ def test_op_matches_reference_fp32(cell, shape, reverse):
     compare(cell, shape, "varied", reverse, torch.float32, atol=2e-5)
 
 
+# (T, B, H, H) for the thread counts below: the threads split the hidden units (B = 3); groups of
+# rows (cpu/partition.h: at least 8 rows each, a number of groups that divides the threads):
+# B = 20 with 2 threads two groups of 10 rows, with 4 and 6 threads two groups of 2 and 3
+# slices of units each (a barrier per group), with 3 threads three slices of units; B = 33 with
+# 2, 3 and 4 threads 2, 3 and 4 groups of unequal rows.
+THREAD_SHAPES = [(7, 3, 96, 96), (7, 20, 96, 96), (5, 33, 64, 64)]
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
-@pytest.mark.parametrize("threads", [1, 3, 4])
+@pytest.mark.parametrize("threads", [1, 2, 3, 4, 6])
+@pytest.mark.parametrize("shape", THREAD_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-def test_op_thread_counts(cell, threads, dtype):
-    """The steps' slices run in one parallel region with a barrier between steps: any thread
-    count (more threads than cores included, where the waits must yield) gives the reference's
-    results, forward and backward."""
+def test_op_thread_counts(cell, threads, shape, dtype):
+    """The steps' workers run in one parallel region with a barrier between steps: any thread
+    count (more threads than cores included, where the waits must yield) and any split of rows
+    and units gives the reference's results, forward and backward, with varied lengths (a
+    zero-length and a full-length sequence among them) and both directions."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        compare(cell, (7, 3, 96, 96), "varied", False, dtype, atol=1e-10 if dtype == F64 else 2e-5)
+        for reverse in (False, True):
+            compare(cell, shape, "varied", reverse, dtype, atol=1e-10 if dtype == F64 else 2e-5)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_lstm_projection_keeps_rows_together(threads):
+    """With a projection every step has a product over all rows: the threads split only units,
+    whatever the batch."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        compare("lstm", (5, 20, 48, 48), "varied", True, torch.float32, proj=True, atol=2e-5)
     finally:
         torch.set_num_threads(previous)
 

@@ -1,11 +1,11 @@
 // Helpers of the CPU kernels: compute-dtype conversion, outputs, the per-step products and the
-// time-step order, shared by every cell (the split of the hidden units across threads is in
+// time-step order, shared by every cell (the split of the work across threads is in
 // cpu/partition.h).
 //
 // The CPU kernels compute in the accumulation type: float for fp32/fp16/bf16 storage (fp16 and
 // bf16 tensors are converted once at the op's boundary), double for fp64. Every step is, on each
-// thread's slice of hidden units, one GEMM into a preallocated buffer and one fused pointwise
-// pass over the batch rows.
+// thread's batch rows and slice of hidden units, one GEMM into a preallocated buffer and one
+// fused pointwise pass over those rows.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -90,25 +90,32 @@ class StepOperand {
     return op;
   }
 
-  // out (contiguous [B, N]) (+)= a (contiguous [B, K]) @ b
-  void multiply(Tensor& out, const Tensor& a, bool accumulate) const {
+  // out (contiguous [rows, N]) (+)= a[row0 : row0 + rows] @ b, a [B, K] with contiguous rows.
+  // With packed_gemm the rows are addressed in place (a narrowed view costs ~1 us per step).
+  void multiply(Tensor& out, const Tensor& a, bool accumulate, int64_t row0 = 0,
+                int64_t rows = -1) const {
+    if (rows < 0) rows = a.size(0) - row0;
     if (packed_gemm_) {
-      packed_gemm(a.size(0), out.size(1), a.size(1), a.data_ptr<float>(), a.stride(0),
-                  packed_.data_ptr<float>(), out.data_ptr<float>(), out.size(1), accumulate);
+      packed_gemm(rows, out.size(1), a.size(1), a.data_ptr<float>() + row0 * a.stride(0),
+                  a.stride(0), packed_.data_ptr<float>(), out.data_ptr<float>(), out.size(1),
+                  accumulate);
     } else {
-      gemm(out, a, b_, accumulate);
+      gemm(out, a.narrow(0, row0, rows), b_, accumulate);
     }
   }
 
-  // out (+)= steps[t] @ b, steps contiguous [T, B, K]. The step's view is made only for BLAS:
-  // unbinding all T steps up front cost ~90 us per backward call (a tenth of it at B = 1).
-  void multiply_step(Tensor& out, const Tensor& steps, int64_t t, bool accumulate) const {
+  // out (+)= steps[t, row0 : row0 + rows] @ b, steps contiguous [T, B, K]. The step's view is
+  // made only for BLAS: unbinding all T steps up front cost ~90 us per backward call (a tenth
+  // of it at B = 1).
+  void multiply_step(Tensor& out, const Tensor& steps, int64_t t, bool accumulate,
+                     int64_t row0 = 0, int64_t rows = -1) const {
+    const int64_t B = steps.size(1), K = steps.size(2);
+    if (rows < 0) rows = B - row0;
     if (packed_gemm_) {
-      const int64_t B = steps.size(1), K = steps.size(2);
-      packed_gemm(B, out.size(1), K, steps.data_ptr<float>() + t * B * K, K,
+      packed_gemm(rows, out.size(1), K, steps.data_ptr<float>() + (t * B + row0) * K, K,
                   packed_.data_ptr<float>(), out.data_ptr<float>(), out.size(1), accumulate);
     } else {
-      gemm(out, steps[t], b_, accumulate);
+      gemm(out, steps[t].narrow(0, row0, rows), b_, accumulate);
     }
   }
 
@@ -123,55 +130,76 @@ class StepOperand {
   bool packed_gemm_ = false;
 };
 
-// Forward operands: slice k computes pre[k] [B, G*n_k] = h_prev [B, P] @ w_hh[rows of k]^T,
-// the slice's gate rows taken as gate g of its units at columns g*n_k .. (g+1)*n_k. Each
-// thread prepares (packs) its own slice's operand, so that it starts out in that core's cache.
+// Forward operands: worker k computes pre[k] [rows_k, G*n_k] = h_prev[rows of k] [rows_k, P] @
+// w_hh[gate rows of k]^T, the gate rows taken as gate g of its units at columns g*n_k ..
+// (g+1)*n_k. One operand per unit slice, shared by the row groups; the worker of the first
+// group prepares (packs) it, so that it starts out in that core's cache. Operands are prepared
+// for the smallest group's rows: packed_gemm's panel width depends on the rows only up to 3,
+// and groups of more than one have at least 8 (Partition).
 struct ForwardGemms {
-  std::vector<StepOperand> w_t;
-  std::vector<Tensor> pre;
+  const Partition& part;
+  std::vector<StepOperand> w_t;  // per unit slice
+  std::vector<Tensor> pre;       // per worker
 
-  ForwardGemms(const Partition& part, const Tensor& w_hh, int64_t G, int64_t B)
-      : w_t(part.size()), pre(part.size()) {
-    const int64_t H = w_hh.size(0) / G;
-    Tensor pre_buffer = at::empty({B * G * H}, w_hh.options());
+  ForwardGemms(const Partition& part, const Tensor& w_hh, int64_t G)
+      : part(part), w_t(part.slices()), pre(part.size()) {
+    const int64_t H = w_hh.size(0) / G, rows = part.min_rows();
+    for (int64_t k = 0; k < part.size(); ++k) {
+      pre[k] = at::empty({part.rows(k), G * part.units(k)}, w_hh.options());
+    }
     part.for_each([&](int64_t k) {
-      std::vector<Tensor> rows;
-      for (int64_t g = 0; g < G; ++g) rows.push_back(w_hh.narrow(0, g * H + part.begin(k), part.units(k)));
-      const int64_t n = G * part.units(k);
-      w_t[k] = StepOperand::from_rows(rows, B, kForwardPackedMaxRows);
-      pre[k] = pre_buffer.narrow(0, B * G * part.begin(k), B * n).view({B, n});
+      if (part.group(k) != 0) return;
+      std::vector<Tensor> gate_rows;
+      for (int64_t g = 0; g < G; ++g) {
+        gate_rows.push_back(w_hh.narrow(0, g * H + part.begin(k), part.units(k)));
+      }
+      w_t[part.slice(k)] = StepOperand::from_rows(gate_rows, rows, kForwardPackedMaxRows);
     });
   }
 
-  void run(int64_t k, const Tensor& h_prev) { w_t[k].multiply(pre[k], h_prev, false); }
+  void run(int64_t k, const Tensor& h_prev) {
+    w_t[part.slice(k)].multiply(pre[k], h_prev, false, part.row_begin(k), part.rows(k));
+  }
 };
 
-// Backward state: slice k owns columns [begin(k), begin(k+1)) of dh (the gradient reaching h,
-// [B, P]) in a contiguous buffer, and adds to them the recurrent part from all gate gradients
-// of the step after: dh[k] [B, n_k] += dgh[t] [B, G*H] @ w_hh[:, columns of k]. Each thread
-// prepares its own slice, as in ForwardGemms.
+// Backward state: worker k owns its rows of columns [begin(k), begin(k) + units(k)) of dh (the
+// gradient reaching h, [B, P]) in a contiguous buffer, and adds to them the recurrent part from
+// all gate gradients of the step after: dh[k] [rows_k, n_k] += dgh[t, rows of k] [rows_k, G*H]
+// @ w_hh[:, columns of k]. Operands per unit slice, prepared as in ForwardGemms.
 struct BackwardState {
-  std::vector<Tensor> dh;
-  std::vector<StepOperand> w_cols;
+  const Partition& part;
+  std::vector<Tensor> dh;           // per worker
+  std::vector<StepOperand> w_cols;  // per unit slice
 
-  BackwardState(const Partition& part, const Tensor& w_hh, const optional<Tensor>& grad_h_n,
-                int64_t B)
-      : dh(part.size()), w_cols(part.size()) {
+  BackwardState(const Partition& part, const Tensor& w_hh, const optional<Tensor>& grad_h_n)
+      : part(part), dh(part.size()), w_cols(part.slices()) {
     part.for_each([&](int64_t k) {
       const int64_t p0 = part.begin(k), n = part.units(k);
-      w_cols[k] = StepOperand(w_hh.narrow(1, p0, n), B, kBackwardPackedMaxRows);
+      if (part.group(k) == 0) {
+        w_cols[part.slice(k)] =
+            StepOperand(w_hh.narrow(1, p0, n), part.min_rows(), kBackwardPackedMaxRows);
+      }
       // clone: dh is updated in place, and must never alias the caller's grad_h_n
-      dh[k] = has(grad_h_n) ? grad_h_n->narrow(1, p0, n).clone(at::MemoryFormat::Contiguous)
-                            : at::zeros({B, n}, w_hh.options());
+      dh[k] = has(grad_h_n) ? grad_h_n->narrow(0, part.row_begin(k), part.rows(k))
+                                  .narrow(1, p0, n)
+                                  .clone(at::MemoryFormat::Contiguous)
+                            : at::zeros({part.rows(k), n}, w_hh.options());
     });
   }
 
   // dgh: contiguous [T, B, G*H], the gate gradients of all steps; t: the step after.
   void add_recurrent(int64_t k, const Tensor& dgh, int64_t t) {
-    w_cols[k].multiply_step(dh[k], dgh, t, true);
+    w_cols[part.slice(k)].multiply_step(dh[k], dgh, t, true, part.row_begin(k), part.rows(k));
   }
 
-  Tensor gather() const { return at::cat(dh, 1); }
+  // dh [B, P]: the workers' blocks, by row group and unit slice.
+  Tensor gather() const {
+    std::vector<Tensor> groups;
+    for (int64_t g = 0; g < part.groups(); ++g) {
+      groups.push_back(at::cat(at::TensorList(dh).slice(g * part.slices(), part.slices()), 1));
+    }
+    return at::cat(groups, 0);
+  }
 };
 
 // recurrent_weight_grad (recurrent_weight_grad.h) with its products on matmul_into, so that

@@ -1,11 +1,11 @@
 // GRU recurrence on the CPU, forward and backward (see csrc/ops.cpp for the op contract).
 //
-// Forward, per step, on each thread's slice of hidden units (cpu_common.h, Partition):
-//                     gh[B, 3n] = h_prev @ w_hh[the slice's gate rows]^T   (one GEMM)
+// Forward, per step, on each thread's rows and slice of hidden units (cpu/partition.h):
+//                     gh[rows, 3n] = h_prev[rows] @ w_hh[the slice's gate rows]^T (one GEMM)
 //                     one pass over the slice: r, z, n (b_hh added here), h_next, y_t, workspace
-// Backward, per step, on the same slices: dh[:, units] += dgh[t+1] @ w_hh[:, units] (the
-//                     recurrent part from the step after, one GEMM), then one pass over the
-//                     slice: dgh[t], the n-part of grad_gx[t] and the direct part dh * z
+// Backward, per step, on the same workers: dh[rows, units] += dgh[t+1, rows] @ w_hh[:, units]
+//                     (the recurrent part from the step after, one GEMM), then one pass over
+//                     the slice: dgh[t], the n-part of grad_gx[t] and the direct part dh * z
 // dgh (the gradient of the recurrent product) differs from grad_gx only in its n-part
 // (dgx_n * r): the loop keeps dgh in grad_gx's buffer and dgx_n aside, grad_w_hh and grad_b_hh
 // are taken from dgh after the loop, and then dgx_n is copied in. One [T, B, H] buffer instead
@@ -17,12 +17,13 @@
 namespace fused_rnn::cpu {
 namespace {
 
-// The units [j0, j0 + n) of one forward step, all batch rows. Row-major arrays with the batch
-// row first: gx_t [B, 3H] (gate k of unit j at k*H + j), gh [B, 3n] (at k*n + j - j0),
+// The units [j0, j0 + n) of one forward step, batch rows [b0, b1). Row-major arrays with the
+// batch row first: gx_t [B, 3H] (gate k of unit j at k*H + j), gh [b1 - b0, 3n] (row b - b0,
+// at k*n + j - j0),
 // gates_t [B, 4H] (r, z, n, gh_n), h_prev/h_next/y_t [B, H].
 template <typename T>
 struct ForwardSlice {
-  int64_t B, H, j0, n, t, T_steps;
+  int64_t B, b0, b1, H, j0, n, t, T_steps;
   const T* gx_t;
   const T* gx_next;  // gx of the next step (prefetched), or nullptr
   const T* gh;       // this slice's recurrent product h_prev @ w_hh[rows of the slice]^T
@@ -60,7 +61,7 @@ __attribute__((always_inline)) inline void gru_forward_row(
 template <bool kSave, bool kBias, typename T>
 __attribute__((always_inline)) inline void gru_forward_slice_impl(const ForwardSlice<T>& s) {
   const int64_t H = s.H, j0 = s.j0, n = s.n;
-  for (int64_t b = 0; b < s.B; ++b) {
+  for (int64_t b = s.b0; b < s.b1; ++b) {
     const int64_t row = b * H + j0;
     if (s.gx_next) {
       for (int64_t k = 0; k < 3; ++k) prefetch_range(s.gx_next + b * 3 * H + k * H + j0, n);
@@ -73,7 +74,7 @@ __attribute__((always_inline)) inline void gru_forward_slice_impl(const ForwardS
       }
       continue;
     }
-    gru_forward_row<kSave, kBias>(n, H, s.gx_t + b * 3 * H + j0, s.gh + b * 3 * n,
+    gru_forward_row<kSave, kBias>(n, H, s.gx_t + b * 3 * H + j0, s.gh + (b - s.b0) * 3 * n,
                                   kBias ? s.b_hh + j0 : nullptr, s.h_prev + row, s.h_next + row,
                                   s.y_t + row, kSave ? s.gates_t + b * 4 * H + j0 : nullptr);
   }
@@ -88,16 +89,16 @@ __attribute__((always_inline)) inline void gru_forward_slice_impl(const ForwardS
   if (!save && !bias) gru_forward_slice_impl<false, false>(s);
 }
 
-// The units [j0, j0 + n) of one backward step, all batch rows.
+// The units [j0, j0 + n) of one backward step, batch rows [b0, b1).
 template <typename T>
 struct BackwardSlice {
-  int64_t B, H, j0, n, t, T_steps;
+  int64_t B, b0, b1, H, j0, n, t, T_steps;
   bool reverse;
   const T* gates;   // [T, B, 4H]
   const T* y;       // [T, B, H] (h_prev of a step is y of its neighbour)
   const T* h0;      // [B, H]
   const T* dy_t;    // [B, H] or nullptr
-  T* dh;            // [B, n] in: gradient reaching h_t; out on real steps: its direct part dh*z
+  T* dh;            // [b1 - b0, n] in: gradient reaching h_t; out on real steps: its direct part dh*z
   T* dgh_t;         // [B, 3H] gradient of the recurrent product (+ b_hh): (dx_r, dx_z, dx_n * r)
   T* dgx_n_t;       // [B, H] dx_n, the n-part of grad_gx
   const int64_t* lengths;
@@ -122,7 +123,7 @@ __attribute__((always_inline)) inline void gru_backward_row(
 template <typename T>
 __attribute__((always_inline)) inline void gru_backward_slice_impl(const BackwardSlice<T>& s) {
   const int64_t B = s.B, H = s.H, j0 = s.j0, n = s.n, t = s.t;
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = s.b0; b < s.b1; ++b) {
     T* dg = s.dgh_t + b * 3 * H + j0;
     T* dx_n = s.dgx_n_t + b * H + j0;
     const int64_t length = length_of(s.lengths, b, s.T_steps);
@@ -137,9 +138,9 @@ __attribute__((always_inline)) inline void gru_backward_slice_impl(const Backwar
                           ? s.h0 + row
                           : s.y + prev_time(t, s.reverse) * B * H + row;
     if (s.dy_t) {
-      gru_backward_row<true>(n, H, w, h_prev, s.dy_t + row, s.dh + b * n, dg, dx_n);
+      gru_backward_row<true>(n, H, w, h_prev, s.dy_t + row, s.dh + (b - s.b0) * n, dg, dx_n);
     } else {
-      gru_backward_row<false, T>(n, H, w, h_prev, nullptr, s.dh + b * n, dg, dx_n);
+      gru_backward_row<false, T>(n, H, w, h_prev, nullptr, s.dh + (b - s.b0) * n, dg, dx_n);
     }
   }
 }
@@ -164,14 +165,16 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& gx, const Tens
   const Tensor h_state[2] = {h0.clone(), at::empty({B, H}, opts)};
   Tensor gates = save ? cpu_output({T_steps, B, 4 * H}, opts) : empty_placeholder(opts);
   const int64_t* len = data_or_null<int64_t>(lengths);
-  const Partition part(H, B * 3 * H * H);
-  ForwardGemms slices(part, w_hh, 3, B);
+  const Partition part(H, B, B * 3 * H * H, /*split_rows=*/true);
+  ForwardGemms slices(part, w_hh, 3);
 
   part.for_each_step(T_steps, [&](int64_t k, int64_t s) {
     const int64_t t = time_at(s, T_steps, reverse);
     const Tensor& h_prev = h_state[s % 2];
     slices.run(k, h_prev);
     const ForwardSlice<T> slice{B,
+                                part.row_begin(k),
+                                part.row_end(k),
                                 H,
                                 part.begin(k),
                                 part.units(k),
@@ -203,14 +206,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   Tensor dgx_n = cpu_output({T_steps, B, H}, opts);
   const T* dy = data_or_null<T>(grad_y);
   const int64_t* len = data_or_null<int64_t>(lengths);
-  const Partition units(H, B * 3 * H * H);
-  BackwardState state(units, w_hh, grad_h_n, B);
+  const Partition units(H, B, B * 3 * H * H, /*split_rows=*/true);
+  BackwardState state(units, w_hh, grad_h_n);
 
   // Position i runs step s = T - 1 - i of the forward order.
   units.for_each_step(T_steps, [&](int64_t k, int64_t i) {
     const int64_t s = T_steps - 1 - i, t = time_at(s, T_steps, reverse);
     if (i > 0) state.add_recurrent(k, dgh, time_at(s + 1, T_steps, reverse));
-    const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps, reverse,
+    const BackwardSlice<T> slice{B, units.row_begin(k), units.row_end(k), H, units.begin(k),
+                                 units.units(k), t, T_steps, reverse,
                                  gates.data_ptr<T>(), y.data_ptr<T>(), h0.data_ptr<T>(),
                                  dy ? dy + t * B * H : nullptr, state.dh[k].data_ptr<T>(),
                                  dgh.data_ptr<T>() + t * B * 3 * H,

@@ -1,10 +1,10 @@
 // LSTM recurrence on the CPU, forward and backward (see csrc/ops.cpp for the op contract).
 //
-// Forward, per step, on each thread's slice of hidden units (cpu_common.h, Partition):
-//                     pre[B, 4n] = h_prev @ w_hh[the slice's gate rows]^T   (one GEMM)
+// Forward, per step, on each thread's rows and slice of hidden units (cpu/partition.h):
+//                     pre[rows, 4n] = h_prev[rows] @ w_hh[the slice's gate rows]^T (one GEMM)
 //                     one pass over the slice: activations, c (in place), h_next, y_t, workspace
 //                     with a projection: h = h_raw @ w_hr^T (a second GEMM) and a commit pass
-// Backward, per step, on the same slices: dh[:, units] += grad_gx[t+1] @ w_hh[:, units]
+// Backward, per step, on the same workers: dh[rows, units] += grad_gx[t+1, rows] @ w_hh[:, units]
 //                     (the recurrent part from the step after, one GEMM), then one pass over the
 //                     slice: gate gradients into grad_gx[t], dc (in place)
 // grad_w_hh (and grad_w_hr) are GEMMs over all steps after the loop.
@@ -19,13 +19,14 @@ namespace {
 // Pointwise passes.
 // ---------------------------------------------------------------------------------------------
 
-// The units [j0, j0 + n) of one forward step, all batch rows. Row-major arrays with the batch
-// row first: gx_t/gates_t [B, 4H] (gate k of unit j at k*H + j), pre [B, 4n] (at k*n + j - j0),
+// The units [j0, j0 + n) of one forward step, batch rows [b0, b1). Row-major arrays with the
+// batch row first: gx_t/gates_t [B, 4H] (gate k of unit j at k*H + j), pre [b1 - b0, 4n] (row
+// b - b0, at k*n + j - j0),
 // c/h_raw/cs_t and h/y_t [B, H] (with a projection h_next is h_raw; h and y are then [B, P] and
 // written by the commit pass).
 template <typename T>
 struct ForwardSlice {
-  int64_t B, H, j0, n, t, T_steps;
+  int64_t B, b0, b1, H, j0, n, t, T_steps;
   const T* gx_t;
   const T* gx_next;   // gx of the next step (prefetched), or nullptr
   const T* pre;       // this slice's recurrent product h_prev @ w_hh[rows of the slice]^T
@@ -66,7 +67,7 @@ __attribute__((always_inline)) inline void lstm_forward_row(
 template <typename T>
 __attribute__((always_inline)) inline void lstm_forward_slice_impl(const ForwardSlice<T>& s) {
   const int64_t H = s.H, j0 = s.j0, n = s.n;
-  for (int64_t b = 0; b < s.B; ++b) {
+  for (int64_t b = s.b0; b < s.b1; ++b) {
     const int64_t row = b * H + j0;  // unit j0 of batch row b in [B, H] arrays
     if (s.gx_next) {
       for (int64_t k = 0; k < 4; ++k) prefetch_range(s.gx_next + b * 4 * H + k * H + j0, n);
@@ -82,7 +83,7 @@ __attribute__((always_inline)) inline void lstm_forward_slice_impl(const Forward
       continue;
     }
     const T* x = s.gx_t + b * 4 * H + j0;
-    const T* p = s.pre + b * 4 * n;
+    const T* p = s.pre + (b - s.b0) * 4 * n;
     // Every combination is its own loop: a branch inside would stop the vectorisation.
     T* c = s.c + row;
     T* h = s.h_next + row;
@@ -96,15 +97,15 @@ __attribute__((always_inline)) inline void lstm_forward_slice_impl(const Forward
   }
 }
 
-// The units [j0, j0 + n) of one backward step, all batch rows.
+// The units [j0, j0 + n) of one backward step, batch rows [b0, b1).
 template <typename T>
 struct BackwardSlice {
-  int64_t B, H, j0, n, t, T_steps;
+  int64_t B, b0, b1, H, j0, n, t, T_steps;
   bool reverse;
   const T* gates;   // [T, B, 4H] all steps (c_prev is read from cs of the neighbouring step)
   const T* cs;      // [T, B, H]
   const T* c0;      // [B, H]
-  T* dh;            // [B, n] gradient reaching h_t (or h_raw with a projection) of these units
+  T* dh;            // [b1 - b0, n] gradient reaching h_t (or h_raw with a projection) of these units
   bool zero_dh;     // dh is the carried state: zero it on real steps (the next GEMM adds to it)
   const T* dy_t;    // [B, H] gradient of y_t, added to dh; nullptr if none or already added
   T* dc;            // [B, H] gradient reaching c_t, updated in place to c_{t-1}
@@ -134,7 +135,7 @@ __attribute__((always_inline)) inline void lstm_backward_row(
 template <typename T>
 __attribute__((always_inline)) inline void lstm_backward_slice_impl(const BackwardSlice<T>& s) {
   const int64_t B = s.B, H = s.H, j0 = s.j0, n = s.n, t = s.t;
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = s.b0; b < s.b1; ++b) {
     T* da = s.dgx_t + b * 4 * H + j0;
     const int64_t length = length_of(s.lengths, b, s.T_steps);
     if (!step_is_valid(t, length)) {
@@ -153,7 +154,7 @@ __attribute__((always_inline)) inline void lstm_backward_slice_impl(const Backwa
     const T* c_prev = step_is_first(t, length, s.reverse)
                           ? s.c0 + row
                           : s.cs + prev_time(t, s.reverse) * B * H + row;
-    T* dh = s.dh + b * n;
+    T* dh = s.dh + (b - s.b0) * n;
     if (s.dy_t) {
       lstm_backward_row<true>(n, H, g, c, c_prev, dh, s.dy_t + row, s.dc + row, da);
     } else {
@@ -212,8 +213,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
       proj ? std::optional<StepOperand>(StepOperand(w_hr->t(), B, kForwardPackedMaxRows))
            : std::nullopt;
   const int64_t* len = data_or_null<int64_t>(lengths);
-  const Partition part(H, B * 4 * H * P);
-  ForwardGemms slices(part, w_hh, 4, B);
+  // with a projection, h of all rows comes from one product between the steps
+  const Partition part(H, B, B * 4 * H * P, /*split_rows=*/!proj);
+  ForwardGemms slices(part, w_hh, 4);
 
   // Slice k of step s: its units' gate products, then their cell maths.
   auto step = [&](int64_t k, int64_t s) {
@@ -222,6 +224,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
     const Tensor& h_next = h_state[(s + 1) % 2];
     slices.run(k, h_prev);
     const ForwardSlice<T> slice{B,
+                                part.row_begin(k),
+                                part.row_end(k),
                                 H,
                                 part.begin(k),
                                 part.units(k),
@@ -270,9 +274,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
   Tensor grad_gx = cpu_output({T_steps, B, 4 * H}, opts);
   Tensor dc = has(grad_c_n) ? grad_c_n->clone() : at::zeros({B, H}, opts);  // [B, H]
   // Units of the cell maths; without a projection they are also the columns of dh.
-  const Partition units(H, B * 4 * H * P);
-  const Partition columns = proj ? Partition(P, B * 4 * H * P) : units;
-  BackwardState state(columns, w_hh, grad_h_n, B);
+  const Partition units(H, B, B * 4 * H * P, /*split_rows=*/!proj);
+  const Partition columns = proj ? Partition(P, B, B * 4 * H * P, false) : units;
+  BackwardState state(columns, w_hh, grad_h_n);
 
   // With a projection: the total gradient of every step's h (for grad_w_hr), and per unit
   // slice dh_raw = dh_total[t] @ w_hr[:, units].
@@ -289,7 +293,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
   // t_next: the step of the next position (prefetched), or -1.
   auto cell_backward = [&](int64_t k, int64_t t, int64_t t_next, T* dh, bool zero_dh,
                            const T* dy_t) {
-    const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps, reverse,
+    const BackwardSlice<T> slice{B, units.row_begin(k), units.row_end(k), H, units.begin(k),
+                                 units.units(k), t, T_steps, reverse,
                                  gates.data_ptr<T>(), cs.data_ptr<T>(), c0.data_ptr<T>(),
                                  dh, zero_dh, dy_t, dc.data_ptr<T>(),
                                  grad_gx.data_ptr<T>() + t * B * 4 * H, len, t_next,

@@ -1,10 +1,11 @@
 // Elman RNN recurrence (tanh and relu) on the CPU, forward and backward (see csrc/ops.cpp).
 //
-// Forward, per step, on each thread's slice of hidden units (cpu_common.h, Partition):
-//                     pre[B, n] = h_prev @ w_hh[the slice's rows]^T (one GEMM),
+// Forward, per step, on each thread's rows and slice of hidden units (cpu/partition.h):
+//                     pre[rows, n] = h_prev[rows] @ w_hh[the slice's rows]^T (one GEMM),
 //                     one pass: h_next = act(gx_t + pre), y_t
-// Backward, per step, on the same slices: dh[:, units] += grad_gx[t+1] @ w_hh[:, units] (one
-//                     GEMM), then one pass: grad_gx[t] = act'(y_t) * (dh + dy_t), dh = 0
+// Backward, per step, on the same workers: dh[rows, units] += grad_gx[t+1, rows] @
+//                     w_hh[:, units] (one GEMM), then one pass: grad_gx[t] = act'(y_t) *
+//                     (dh + dy_t), dh = 0
 #include <torch/library.h>
 
 #include "cpu/cpu_common.h"
@@ -12,11 +13,11 @@
 namespace fused_rnn::cpu {
 namespace {
 
-// The units [j0, j0 + n) of one forward step, all batch rows: gx_t/h_prev/h_next/y_t [B, H],
-// pre [B, n].
+// The units [j0, j0 + n) of one forward step, batch rows [b0, b1): gx_t/h_prev/h_next/y_t
+// [B, H], pre [b1 - b0, n].
 template <typename T>
 struct ForwardSlice {
-  int64_t B, H, j0, n, t, T_steps;
+  int64_t B, b0, b1, H, j0, n, t, T_steps;
   const T* gx_t;
   const T* pre;     // this slice's recurrent product h_prev @ w_hh[rows of the slice]^T
   const T* h_prev;
@@ -40,24 +41,24 @@ __attribute__((always_inline)) inline void rnn_forward_row(int64_t n, const T* _
 template <Nonlinearity kAct, typename T>
 __attribute__((always_inline)) inline void rnn_forward_slice_impl(const ForwardSlice<T>& s) {
   const int64_t H = s.H, j0 = s.j0, n = s.n;
-  for (int64_t b = 0; b < s.B; ++b) {
+  for (int64_t b = s.b0; b < s.b1; ++b) {
     const int64_t row = b * H + j0;
     if (!step_is_valid(s.t, length_of(s.lengths, b, s.T_steps))) {
       std::copy_n(s.h_prev + row, n, s.h_next + row);
       std::fill_n(s.y_t + row, n, T(0));
       continue;
     }
-    rnn_forward_row<kAct>(n, s.gx_t + row, s.pre + b * n, s.h_next + row, s.y_t + row);
+    rnn_forward_row<kAct>(n, s.gx_t + row, s.pre + (b - s.b0) * n, s.h_next + row, s.y_t + row);
   }
 }
 
-// The units [j0, j0 + n) of one backward step, all batch rows.
+// The units [j0, j0 + n) of one backward step, batch rows [b0, b1).
 template <typename T>
 struct BackwardSlice {
-  int64_t B, H, j0, n, t, T_steps;
+  int64_t B, b0, b1, H, j0, n, t, T_steps;
   const T* y_t;    // [B, H] h_t on real steps
   const T* dy_t;   // [B, H] or nullptr
-  T* dh;           // [B, n] in: gradient reaching h_t; set to 0 on real steps
+  T* dh;           // [b1 - b0, n] in: gradient reaching h_t; set to 0 on real steps
   T* dgx_t;        // [B, H]
   const int64_t* lengths;
 };
@@ -77,16 +78,18 @@ __attribute__((always_inline)) inline void rnn_backward_row(int64_t n, const T* 
 template <Nonlinearity kAct, typename T>
 __attribute__((always_inline)) inline void rnn_backward_slice_impl(const BackwardSlice<T>& s) {
   const int64_t H = s.H, j0 = s.j0, n = s.n;
-  for (int64_t b = 0; b < s.B; ++b) {
+  for (int64_t b = s.b0; b < s.b1; ++b) {
     const int64_t row = b * H + j0;
     if (!step_is_valid(s.t, length_of(s.lengths, b, s.T_steps))) {
       std::fill_n(s.dgx_t + row, n, T(0));
       continue;
     }
     if (s.dy_t) {
-      rnn_backward_row<kAct, true>(n, s.y_t + row, s.dy_t + row, s.dh + b * n, s.dgx_t + row);
+      rnn_backward_row<kAct, true>(n, s.y_t + row, s.dy_t + row, s.dh + (b - s.b0) * n,
+                                   s.dgx_t + row);
     } else {
-      rnn_backward_row<kAct, false, T>(n, s.y_t + row, nullptr, s.dh + b * n, s.dgx_t + row);
+      rnn_backward_row<kAct, false, T>(n, s.y_t + row, nullptr, s.dh + (b - s.b0) * n,
+                                       s.dgx_t + row);
     }
   }
 }
@@ -136,13 +139,14 @@ std::tuple<Tensor, Tensor> rnn_forward_impl(const Tensor& gx, const Tensor& w_hh
   // [B, H] each: h_state[s % 2] is h before step s, h_state[(s + 1) % 2] after it
   const Tensor h_state[2] = {h0.clone(), at::empty({B, H}, gx.options())};
   const int64_t* len = data_or_null<int64_t>(lengths);
-  const Partition part(H, B * H * H);
-  ForwardGemms slices(part, w_hh, 1, B);
+  const Partition part(H, B, B * H * H, /*split_rows=*/true);
+  ForwardGemms slices(part, w_hh, 1);
   part.for_each_step(T_steps, [&](int64_t k, int64_t s) {
     const int64_t t = time_at(s, T_steps, reverse);
     const Tensor& h_prev = h_state[s % 2];
     slices.run(k, h_prev);
-    const ForwardSlice<T> slice{B, H, part.begin(k), part.units(k), t, T_steps,
+    const ForwardSlice<T> slice{B, part.row_begin(k), part.row_end(k), H, part.begin(k),
+                                part.units(k), t, T_steps,
                                 gx.data_ptr<T>() + t * B * H, slices.pre[k].data_ptr<T>(),
                                 h_prev.data_ptr<T>(), h_state[(s + 1) % 2].data_ptr<T>(),
                                 y.data_ptr<T>() + t * B * H, len};
@@ -162,13 +166,14 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_impl(const optional<Tensor>& gra
   Tensor grad_gx = cpu_output({T_steps, B, H}, y.options());
   const T* dy = data_or_null<T>(grad_y);
   const int64_t* len = data_or_null<int64_t>(lengths);
-  const Partition units(H, B * H * H);
-  BackwardState state(units, w_hh, grad_h_n, B);
+  const Partition units(H, B, B * H * H, /*split_rows=*/true);
+  BackwardState state(units, w_hh, grad_h_n);
   // Position i runs step s = T - 1 - i of the forward order.
   units.for_each_step(T_steps, [&](int64_t k, int64_t i) {
     const int64_t s = T_steps - 1 - i, t = time_at(s, T_steps, reverse);
     if (i > 0) state.add_recurrent(k, grad_gx, time_at(s + 1, T_steps, reverse));
-    const BackwardSlice<T> slice{B, H, units.begin(k), units.units(k), t, T_steps,
+    const BackwardSlice<T> slice{B, units.row_begin(k), units.row_end(k), H, units.begin(k),
+                                 units.units(k), t, T_steps,
                                  y.data_ptr<T>() + t * B * H, dy ? dy + t * B * H : nullptr,
                                  state.dh[k].data_ptr<T>(), grad_gx.data_ptr<T>() + t * B * H,
                                  len};
