@@ -71,7 +71,10 @@ class StepBarrier {
 // cores, T = 100, two groups of rows against two slices of units (medians of 31 interleaved
 // calls): B = 32, H = 256 forward 3% faster (7% saving the workspace), backward 2.5%; H = 128
 // 3.5% (12%) and 5%; B = 64, H = 256 2.5% (12%) and 4%; the RNN's forward at B = 32, H = 256
-// 11%. Below 8 rows per group (B = 1 inference above all) the threads split the units.
+// 11%. Below 8 rows per group (B = 1 inference above all) the threads split the units, and
+// also when w_hh is large for the rows that share each read of it: at B = 16, H = 1024 (8 rows
+// per group, 16 MB of w_hh) rows were 2-8% slower than units, at H = 512 level, at B = 32,
+// H = 64 1.2-1.5x faster.
 class Partition {
  public:
   // Hidden units [0, units) and batch rows [0, rows). work_per_step: multiply-adds of one
@@ -82,11 +85,17 @@ class Partition {
     constexpr int64_t kMinWork = 1 << 15;
     constexpr int64_t kMinUnits = 8;  // one 8-wide vector of units per thread at least
     constexpr int64_t kMinRowsPerGroup = 8;
+    constexpr int64_t kMaxWeightPerGroupRow = int64_t(1) << 18;  // 1 MB of fp32
     const int64_t threads =
         work_per_step < kMinWork || at::in_parallel_region() ? 1 : at::get_num_threads();
-    // the most groups that divide the threads and keep kMinRowsPerGroup rows each
+    // The most groups that divide the threads with at least kMinRowsPerGroup rows each, and
+    // with enough rows to pay for reading all of w_hh every step (each element read is used
+    // once per row of the group): at most kMaxWeightPerGroupRow elements per row.
+    const int64_t weight = rows > 0 ? work_per_step / rows : 0;  // elements of w_hh
     int64_t groups = 1;
-    for (int64_t g = 2; split_rows && g <= threads && rows / g >= kMinRowsPerGroup; ++g) {
+    for (int64_t g = 2; split_rows && g <= threads; ++g) {
+      const int64_t group_rows = rows / g;
+      if (group_rows < kMinRowsPerGroup || weight > group_rows * kMaxWeightPerGroupRow) break;
       if (threads % g == 0) groups = g;
     }
     const int64_t slices = std::max<int64_t>(1, std::min(threads / groups, units / kMinUnits));
