@@ -192,13 +192,24 @@ struct BackwardState {
     w_cols[part.slice(k)].multiply_step(dh[k], dgh, t, true, part.row_begin(k), part.rows(k));
   }
 
-  // dh [B, P]: the workers' blocks, by row group and unit slice.
+  // dh [B, P] (the gradient reaching h0), the workers' blocks copied into place; then the
+  // blocks and the packed operands are freed, before the caller's weight gradient allocates.
+  Tensor release() {
+    Tensor out = gather();
+    dh.clear();
+    w_cols.clear();
+    return out;
+  }
+
+ private:
   Tensor gather() const {
-    std::vector<Tensor> groups;
-    for (int64_t g = 0; g < part.groups(); ++g) {
-      groups.push_back(at::cat(at::TensorList(dh).slice(g * part.slices(), part.slices()), 1));
+    const int64_t B = part.row_end(part.size() - 1), P = part.begin(part.slices() - 1) +
+                                                          part.units(part.slices() - 1);
+    Tensor out = at::empty({B, P}, dh[0].options());
+    for (int64_t k = 0; k < part.size(); ++k) {
+      out.narrow(0, part.row_begin(k), part.rows(k)).narrow(1, part.begin(k), part.units(k)).copy_(dh[k]);
     }
-    return at::cat(groups, 0);
+    return out;
   }
 };
 

@@ -225,10 +225,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   if (T_steps > 0) {
     units.for_each([&](int64_t k) { state.add_recurrent(k, dgh, time_at(0, T_steps, reverse)); });
   }
+  Tensor grad_h0 = state.release();
   Tensor grad_w_hh = cpu_recurrent_weight_grad(dgh, y, h0, lengths, reverse);
   Tensor grad_b_hh = dgh.reshape({-1, 3 * H}).sum(0);
   grad_gx.narrow(2, 2 * H, H).copy_(dgx_n);
-  return {grad_gx, grad_w_hh, grad_b_hh, state.gather()};
+  return {grad_gx, grad_w_hh, grad_b_hh, grad_h0};
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward_cpu(const Tensor& gx, const Tensor& w_hh,

@@ -342,6 +342,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
     columns.for_each([&](int64_t k) { state.add_recurrent(k, grad_gx, time_at(0, T_steps, reverse)); });
   }
 
+  Tensor grad_h0 = state.release();
   Tensor grad_w_hh = cpu_recurrent_weight_grad(grad_gx, y, h0, lengths, reverse);
   Tensor grad_w_hr = empty_placeholder(opts);
   if (proj) {
@@ -350,7 +351,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
     const Tensor h_raw = o * at::tanh(cs);
     grad_w_hr = at::mm(dh_total.reshape({-1, P}).t(), h_raw.reshape({-1, H}));
   }
-  return {grad_gx, grad_w_hh, grad_w_hr, state.gather(), dc};
+  return {grad_gx, grad_w_hh, grad_w_hr, grad_h0, dc};
 }
 
 // ---------------------------------------------------------------------------------------------

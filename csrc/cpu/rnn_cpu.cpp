@@ -183,8 +183,9 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_impl(const optional<Tensor>& gra
   if (T_steps > 0) {
     units.for_each([&](int64_t k) { state.add_recurrent(k, grad_gx, time_at(0, T_steps, reverse)); });
   }
+  Tensor grad_h0 = state.release();
   Tensor grad_w_hh = cpu_recurrent_weight_grad(grad_gx, y, h0, lengths, reverse);
-  return {grad_gx, grad_w_hh, state.gather()};
+  return {grad_gx, grad_w_hh, grad_h0};
 }
 
 template <Nonlinearity kAct>
