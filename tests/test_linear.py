@@ -19,8 +19,10 @@ ops = torch.ops.fused_rnn
 # blocks of 128 rows per thread (1000). grad_w has a
 # transposed a, on the blocked GEMM from 1024 out_features (1030, with a partial sliver), and
 # grad_b is summed from its packed blocks: once per block of k, and only for the first of
-# several column blocks of x (2100 > 2048 in_features). BLAS: below 256 rows (100), or a
-# dimension below 64 (300 x 5).
+# several column blocks of x (2100 > 2048 in_features). From 8 to 255 rows the 2 threads split
+# the columns instead of the rows: 100 and 101 rows (a partial sliver) by 512 and 130 columns
+# (partial panels of 8 and 10 at the second thread's end), 9 rows by 100. BLAS: below 8 rows
+# (5), or a dimension below 64 (300 x 5).
 SHAPES = [
     (300, 70, 1030),
     (260, 2100, 1024),
@@ -30,6 +32,9 @@ SHAPES = [
     (256, 5000, 260),
     (256, 44000, 64),
     (100, 128, 512),
+    (101, 70, 130),
+    (9, 256, 100),
+    (5, 128, 512),
     (300, 5, 70),
     (300, 70, 5),
 ]
@@ -74,8 +79,9 @@ def test_linear_backward_fp32_against_fp64(shape):
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_linear_thread_counts(threads):
-    """Threads take whole slivers of rows; a thread count that does not divide them (grad_w and
-    grad_b: 1030 out_features on the transposed path, each thread summing its own rows)."""
+    """Threads take whole slivers of rows (or whole panels of columns, with few rows); a thread
+    count that does not divide them (grad_w and grad_b: 1030 out_features on the transposed
+    path, each thread summing its own rows)."""
     torch.set_num_threads(threads)
     try:
         x, w, b = make(1001, 96, 100)
@@ -83,6 +89,11 @@ def test_linear_thread_counts(threads):
         g = torch.randn(1001, 100)
         _, grad_w, _ = ops.linear_backward(g, x, w, [False, True, False])
         close(grad_w, g.double().t() @ x.double(), 1001)
+        x, w, b = make(101, 70, 150)  # columns split across the threads
+        close(ops.linear(x, w, b), F.linear(x.double(), w.double(), b.double()), 70)
+        g = torch.randn(101, 150)
+        grad_x, _, _ = ops.linear_backward(g, x, w, [True, False, False])
+        close(grad_x, g.double() @ w.double(), 150)
         x, w, _ = make(1001, 96, 1030)
         g = torch.randn(1001, 1030)
         _, grad_w, grad_b = ops.linear_backward(g, x, w, [False, True, True])

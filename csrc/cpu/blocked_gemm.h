@@ -8,8 +8,9 @@
 // panels of kNr columns ([kc][kNr], zero-padded), a per block of mc rows into slivers of kMr
 // rows ([kc][kMr], zero-padded), so that any strides (a transposed operand included) cost only
 // the packing, and a kMr x kNr tile of out stays in registers over a panel of b that stays in
-// L1 while the slivers of a stream from L2. Threads split the rows of out (each packs its own
-// blocks; no synchronisation).
+// L1 while the slivers of a stream from L2. Threads split the rows of out, or its columns when
+// there are less than a block of rows per thread (each packs its own blocks; no
+// synchronisation).
 #pragma once
 
 #include <ATen/ATen.h>
