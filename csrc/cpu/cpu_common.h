@@ -203,11 +203,11 @@ struct BackwardState {
 
  private:
   Tensor gather() const {
-    const int64_t B = part.row_end(part.size() - 1), P = part.begin(part.slices() - 1) +
-                                                          part.units(part.slices() - 1);
-    Tensor out = at::empty({B, P}, dh[0].options());
+    Tensor out = at::empty({part.row_count(), part.unit_count()}, dh[0].options());
     for (int64_t k = 0; k < part.size(); ++k) {
-      out.narrow(0, part.row_begin(k), part.rows(k)).narrow(1, part.begin(k), part.units(k)).copy_(dh[k]);
+      out.narrow(0, part.row_begin(k), part.rows(k))
+          .narrow(1, part.begin(k), part.units(k))
+          .copy_(dh[k]);
     }
     return out;
   }

@@ -117,6 +117,9 @@ class Partition {
   int64_t row_begin(int64_t k) const { return row_begin_[group(k)]; }
   int64_t row_end(int64_t k) const { return row_begin_[group(k) + 1]; }
   int64_t rows(int64_t k) const { return row_end(k) - row_begin(k); }
+  // All hidden units and all batch rows.
+  int64_t unit_count() const { return unit_begin_.back(); }
+  int64_t row_count() const { return row_begin_.back(); }
   // The fewest rows of a group (the rows the step products' operands are prepared for).
   int64_t min_rows() const { return row_begin_[1] - row_begin_[0]; }
 
