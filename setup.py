@@ -68,7 +68,8 @@ def extensions():
     debug = os.environ.get("FUSED_RNN_DEBUG", "0") == "1"
     generated = write_build_info(with_cuda)
 
-    sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources = [os.path.join("csrc", "ops.cpp"), os.path.join("csrc", "autograd.cpp")]
+    sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     opt = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]
     # -fno-trapping-math lets the row loops of the CPU kernels turn their clamps into blends and
     # vectorise (torch builds with the same two flags); -ffp-contract=fast lets them use FMA.

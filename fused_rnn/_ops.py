@@ -1,10 +1,13 @@
-"""Loads ``fused_rnn._C`` and registers, once per op, its fake kernel and its autograd.
+"""Loads ``fused_rnn._C`` and registers the fake kernels of its ops, and the autograd of the
+Triton ops.
 
 The schemas live in ``csrc/ops.cpp``. Every forward op has a backward op; autograd of the
-forward calls the backward op, which has no autograd of its own (no double backward).
-The Triton ops (``fused_rnn::*_triton``) have the same schemas and get the same autograd
-through :func:`register_op_family` with their suffix (``torch.library.triton_op`` derives their
-fake kernels from the ops' Python bodies).
+forward calls the backward op, which has no autograd of its own (no double backward). The
+compiled ops (CPU and CUDA) have their autograd in C++ (``csrc/autograd.cpp``: a Python
+autograd function would run on every call, ~8 us per op even without grad). The Triton ops
+(``fused_rnn::*_triton``), Python themselves, have the same schemas and get the same autograd
+here through :func:`register_op_family` (``torch.library.triton_op`` derives their fake kernels
+from the ops' Python bodies).
 """
 
 from __future__ import annotations
@@ -124,8 +127,9 @@ def rnn_backward_fake(grad_y, grad_h_n, w_hh, h0, y, lengths, reverse):
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd: the forward op saves its inputs, y and the workspace; the backward op consumes them.
-# Gradients that do not reach an output arrive as None and are passed to the op as None (zero).
+# Autograd of the Triton ops, as csrc/autograd.cpp's of the compiled ops: the forward op saves
+# its inputs, y and the workspace; the backward op consumes them. Gradients that do not reach an
+# output arrive as None and are passed to the op as None (zero).
 # ---------------------------------------------------------------------------------------------
 
 _NO_WORKSPACE = (
@@ -194,29 +198,7 @@ def _rnn_autograd(backward_op):
     return setup_context, backward
 
 
-def _linear_setup_context(ctx, inputs, output):
-    input, weight, bias = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.has_bias = bias is not None
-
-
-def _linear_backward(ctx, grad_output):
-    input, weight = ctx.saved_tensors
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-    grads = torch.ops.fused_rnn.linear_backward(grad_output, input, weight, mask)
-    return tuple(grad if wanted else None for grad, wanted in zip(grads, mask))
-
-
-def register_linear() -> None:
-    """Fake kernels and autograd of ``fused_rnn::linear`` (the CPU backend's input projection)."""
-    torch.library.register_fake("fused_rnn::linear")(linear_fake)
-    torch.library.register_fake("fused_rnn::linear_backward")(linear_backward_fake)
-    torch.library.register_autograd(
-        "fused_rnn::linear", _linear_backward, setup_context=_linear_setup_context
-    )
-
-
-#: cell -> (fake forward, fake backward, autograd factory)
+#: cell -> (fake forward, fake backward, autograd factory of the Triton ops)
 _FAMILY = {
     "lstm": (lstm_forward_fake, lstm_backward_fake, _lstm_autograd),
     "gru": (gru_forward_fake, gru_backward_fake, _gru_autograd),
@@ -227,20 +209,25 @@ _FAMILY = {
 CELLS = tuple(_FAMILY)
 
 
-def register_op_family(suffix: str = "", *, fakes: bool = True) -> None:
-    """Registers fake kernels and autograd for ``fused_rnn::{cell}_forward{suffix}`` and
-    ``fused_rnn::{cell}_backward{suffix}`` of every cell. ``fakes=False`` for ops that bring
-    their own (``torch.library.triton_op`` derives them from the op's Python body)."""
-    for cell, (forward_fake, backward_fake, autograd) in _FAMILY.items():
-        forward_name = f"fused_rnn::{cell}_forward{suffix}"
-        backward_name = f"fused_rnn::{cell}_backward{suffix}"
-        if fakes:
-            torch.library.register_fake(forward_name)(forward_fake)
-            torch.library.register_fake(backward_name)(backward_fake)
+def register_compiled_fakes() -> None:
+    """Fake kernels of the compiled ops (their autograd is registered by ``_C``)."""
+    torch.library.register_fake("fused_rnn::linear")(linear_fake)
+    torch.library.register_fake("fused_rnn::linear_backward")(linear_backward_fake)
+    for cell, (forward_fake, backward_fake, _) in _FAMILY.items():
+        torch.library.register_fake(f"fused_rnn::{cell}_forward")(forward_fake)
+        torch.library.register_fake(f"fused_rnn::{cell}_backward")(backward_fake)
+
+
+def register_op_family(suffix: str) -> None:
+    """Registers the autograd of ``fused_rnn::{cell}_forward{suffix}`` (calling
+    ``fused_rnn::{cell}_backward{suffix}``) for every cell: for Python ops such as the Triton
+    ones, which bring their own fake kernels."""
+    for cell, (_, _, autograd) in _FAMILY.items():
         backward_op = getattr(torch.ops.fused_rnn, f"{cell}_backward{suffix}").default
         setup_context, backward = autograd(backward_op)
-        torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
+        torch.library.register_autograd(
+            f"fused_rnn::{cell}_forward{suffix}", backward, setup_context=setup_context
+        )
 
 
-register_linear()
-register_op_family()
+register_compiled_fakes()

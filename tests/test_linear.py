@@ -135,6 +135,31 @@ def test_linear_autograd_on_strided_3d_input():
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("wanted", [(True, False, False), (False, True, True), (False, False, True),
+                                    (True, True, False)], ids=str)
+def test_linear_autograd_computes_only_wanted_gradients(wanted):
+    """Autograd (csrc/autograd.cpp) asks linear_backward only for the gradients of inputs that
+    require grad; the others stay None."""
+    x, w, b = make(300, 70, 1030)
+    leaves = [t.requires_grad_(want) for t, want in zip((x, w, b), wanted)]
+    grad = torch.randn(300, 1030)
+    ops.linear(x, w, b).backward(grad)
+    expected = (grad @ w, grad.t() @ x, grad.sum(0))
+    for leaf, want, reference in zip(leaves, wanted, expected):
+        if want:
+            torch.testing.assert_close(leaf.grad, reference.detach(), rtol=1e-5, atol=1e-3)
+        else:
+            assert leaf.grad is None
+
+
+def test_ops_record_no_graph_without_grad():
+    x, w, b = (t.requires_grad_() for t in make(5, 4, 3))
+    with torch.no_grad():
+        assert ops.linear(x, w, b).grad_fn is None
+    assert ops.linear(x, w, b).grad_fn is not None
+    assert ops.linear(x.detach(), w.detach(), None).grad_fn is None
+
+
 def test_linear_bfloat16_and_float64_use_blas():
     x, w, b = make(300, 70, 80, dtype=torch.bfloat16)
     torch.testing.assert_close(ops.linear(x, w, b), F.linear(x, w, b))

@@ -3,8 +3,8 @@
 Each op has exactly the schema of its C++ counterpart (csrc/ops.cpp; the schema string is read
 from the registered C++ op, so the two cannot drift apart), is a ``torch.library.triton_op``
 whose body validates its arguments like csrc/op_common.h and launches the kernels through
-``torch.library.wrap_triton`` (so torch.compile sees the kernels), and gets the autograd of
-the C++ ops from ``fused_rnn._ops.register_op_family``. ``triton_op`` registers the body itself
+``torch.library.wrap_triton`` (so torch.compile sees the kernels), and gets the same autograd as
+the C++ ops (csrc/autograd.cpp) from ``fused_rnn._ops.register_op_family``. ``triton_op`` registers the body itself
 as the fake kernel (under fake tensors the launches are no-ops), so no separate fakes.
 """
 
@@ -96,4 +96,4 @@ def rnn_relu_backward_triton(
 
 
 # Autograd of every forward op calls its backward op, as for the C++ ops.
-_ops.register_op_family(SUFFIX, fakes=False)
+_ops.register_op_family(SUFFIX)

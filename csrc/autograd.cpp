@@ -1,0 +1,246 @@
+// Autograd of the compiled ops (CPU and CUDA kernels alike): one torch::autograd::Function per
+// forward op, whose backward calls the matching backward op (which has no autograd of its own:
+// no double backward).
+//
+// Registered for the Autograd key here, in C++, rather than with torch.library.register_autograd
+// in Python: that runs a Python function on every call, grad mode or not (~8 us per op in
+// no_grad, ~45 us with a graph), which at one step of B = 1 cost more than the kernels. The
+// Triton ops, Python themselves, keep the Python registration (fused_rnn/_ops.py), with the same
+// saved tensors and gradients as here. torch.compile traces through both kinds: the Function's
+// forward and backward call the ops through the dispatcher.
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "op_common.h"
+
+namespace fused_rnn {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+constexpr const char* kNoWorkspace =
+    "fused_rnn: backward through a recurrence whose forward ran with save_for_backward=False "
+    "(call the layer with grad mode on and an input or parameter that requires grad)";
+
+// The typed handle of op `name` (looked up once per op).
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// A gradient that reaches an output (defined), or None: set_materialize_grads(false) passes
+// the gradients of unused outputs as undefined tensors, which the backward ops take as zero.
+optional<Tensor> grad_or_none(const Tensor& grad) {
+  return grad.defined() ? optional<Tensor>(grad) : c10::nullopt;
+}
+
+// An optional input saved for the backward: an undefined tensor stands for None.
+Tensor saved_or_undefined(const optional<Tensor>& t) { return has(t) ? *t : Tensor(); }
+
+// ---------------------------------------------------------------------------------------------
+// fused_rnn::linear
+// ---------------------------------------------------------------------------------------------
+
+class LinearFunction : public torch::autograd::Function<LinearFunction> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight,
+                        const optional<Tensor>& bias) {
+    static const auto op =
+        find_op<Tensor(const Tensor&, const Tensor&, const optional<Tensor>&)>("fused_rnn::linear");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["has_bias"] = has(bias);
+    return op.call(input, weight, bias);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        find_op<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                   std::array<bool, 3>)>(
+            "fused_rnn::linear_backward");
+    const auto saved = ctx->get_saved_variables();
+    // needs_input_grad counts the tensor inputs that were given: bias is the third when present
+    const std::array<bool, 3> mask = {
+        ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+        ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)};
+    auto [grad_input, grad_weight, grad_bias] = op.call(grads[0], saved[0], saved[1], mask);
+    return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(),
+            mask[2] ? grad_bias : Tensor()};
+  }
+};
+
+Tensor linear_autograd(const Tensor& input, const Tensor& weight, const optional<Tensor>& bias) {
+  return LinearFunction::apply(input, weight, bias);
+}
+
+// ---------------------------------------------------------------------------------------------
+// fused_rnn::lstm_forward: saves its inputs, y and the workspace (gates, cs).
+// ---------------------------------------------------------------------------------------------
+
+using LstmOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+class LstmFunction : public torch::autograd::Function<LstmFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& gx, const Tensor& w_hh,
+                               const optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
+                               const optional<Tensor>& lengths, bool reverse, bool save) {
+    static const auto op =
+        find_op<LstmOutputs(const Tensor&, const Tensor&, const optional<Tensor>&, const Tensor&,
+                            const Tensor&, const optional<Tensor>&, bool, bool)>(
+            "fused_rnn::lstm_forward");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, h_n, c_n, gates, cs] = op.call(gx, w_hh, w_hr, h0, c0, lengths, reverse, save);
+    ctx->save_for_backward({w_hh, saved_or_undefined(w_hr), h0, c0, y, gates, cs,
+                            saved_or_undefined(lengths)});
+    ctx->saved_data["reverse"] = reverse;
+    ctx->saved_data["saved_workspace"] = save;
+    ctx->mark_non_differentiable({gates, cs});
+    ctx->set_materialize_grads(false);
+    return {y, h_n, c_n, gates, cs};
+  }
+
+  // grads: of y, h_n, c_n (and of the non-differentiable gates, cs)
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = find_op<LstmOutputs(
+        const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&, const Tensor&,
+        const optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+        const Tensor&, const optional<Tensor>&, bool)>("fused_rnn::lstm_backward");
+    TORCH_CHECK(ctx->saved_data["saved_workspace"].toBool(), kNoWorkspace);
+    const auto s = ctx->get_saved_variables();
+    const Tensor &w_hh = s[0], &w_hr = s[1], &h0 = s[2], &c0 = s[3], &y = s[4], &gates = s[5],
+                 &cs = s[6], &lengths = s[7];
+    auto [grad_gx, grad_w_hh, grad_w_hr, grad_h0, grad_c0] =
+        op.call(grad_or_none(grads[0]), grad_or_none(grads[1]), grad_or_none(grads[2]), w_hh,
+                grad_or_none(w_hr), h0, c0, y, gates, cs, grad_or_none(lengths),
+                ctx->saved_data["reverse"].toBool());
+    return {grad_gx, grad_w_hh, w_hr.defined() ? grad_w_hr : Tensor(), grad_h0, grad_c0,
+            Tensor(), Tensor(), Tensor()};
+  }
+};
+
+LstmOutputs lstm_forward_autograd(const Tensor& gx, const Tensor& w_hh,
+                                  const optional<Tensor>& w_hr, const Tensor& h0,
+                                  const Tensor& c0, const optional<Tensor>& lengths, bool reverse,
+                                  bool save) {
+  auto out = LstmFunction::apply(gx, w_hh, w_hr, h0, c0, lengths, reverse, save);
+  return {out[0], out[1], out[2], out[3], out[4]};
+}
+
+// ---------------------------------------------------------------------------------------------
+// fused_rnn::gru_forward: saves w_hh, h0, y, the workspace (gates) and lengths.
+// ---------------------------------------------------------------------------------------------
+
+class GruFunction : public torch::autograd::Function<GruFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& gx, const Tensor& w_hh,
+                               const optional<Tensor>& b_hh, const Tensor& h0,
+                               const optional<Tensor>& lengths, bool reverse, bool save) {
+    static const auto op =
+        find_op<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                   const optional<Tensor>&, const Tensor&,
+                                                   const optional<Tensor>&, bool, bool)>(
+            "fused_rnn::gru_forward");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, h_n, gates] = op.call(gx, w_hh, b_hh, h0, lengths, reverse, save);
+    ctx->save_for_backward({w_hh, h0, y, gates, saved_or_undefined(lengths)});
+    ctx->saved_data["reverse"] = reverse;
+    ctx->saved_data["saved_workspace"] = save;
+    ctx->saved_data["has_bias"] = has(b_hh);
+    ctx->mark_non_differentiable({gates});
+    ctx->set_materialize_grads(false);
+    return {y, h_n, gates};
+  }
+
+  // grads: of y, h_n (and of the non-differentiable gates)
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = find_op<std::tuple<Tensor, Tensor, Tensor, Tensor>(
+        const optional<Tensor>&, const optional<Tensor>&, const Tensor&, const Tensor&,
+        const Tensor&, const Tensor&, const optional<Tensor>&, bool)>("fused_rnn::gru_backward");
+    TORCH_CHECK(ctx->saved_data["saved_workspace"].toBool(), kNoWorkspace);
+    const auto s = ctx->get_saved_variables();
+    auto [grad_gx, grad_w_hh, grad_b_hh, grad_h0] =
+        op.call(grad_or_none(grads[0]), grad_or_none(grads[1]), s[0], s[1], s[2], s[3],
+                grad_or_none(s[4]), ctx->saved_data["reverse"].toBool());
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    return {grad_gx, grad_w_hh, has_bias ? grad_b_hh : Tensor(), grad_h0,
+            Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> gru_forward_autograd(const Tensor& gx, const Tensor& w_hh,
+                                                        const optional<Tensor>& b_hh,
+                                                        const Tensor& h0,
+                                                        const optional<Tensor>& lengths,
+                                                        bool reverse, bool save) {
+  auto out = GruFunction::apply(gx, w_hh, b_hh, h0, lengths, reverse, save);
+  return {out[0], out[1], out[2]};
+}
+
+// ---------------------------------------------------------------------------------------------
+// fused_rnn::rnn_tanh_forward and rnn_relu_forward: save w_hh, h0, y and lengths (the
+// activation's derivative is taken from y).
+// ---------------------------------------------------------------------------------------------
+
+using RnnForwardOp = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                const optional<Tensor>&, bool);
+using RnnBackwardOp = std::tuple<Tensor, Tensor, Tensor>(const optional<Tensor>&,
+                                                         const optional<Tensor>&, const Tensor&,
+                                                         const Tensor&, const Tensor&,
+                                                         const optional<Tensor>&, bool);
+
+// Name: a type with `forward` and `backward`, the names of the two ops.
+template <typename Name>
+class RnnFunction : public torch::autograd::Function<RnnFunction<Name>> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& gx, const Tensor& w_hh,
+                               const Tensor& h0, const optional<Tensor>& lengths, bool reverse) {
+    static const auto op = find_op<RnnForwardOp>(Name::forward);
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, h_n] = op.call(gx, w_hh, h0, lengths, reverse);
+    ctx->save_for_backward({w_hh, h0, y, saved_or_undefined(lengths)});
+    ctx->saved_data["reverse"] = reverse;
+    ctx->set_materialize_grads(false);
+    return {y, h_n};
+  }
+
+  // grads: of y, h_n
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = find_op<RnnBackwardOp>(Name::backward);
+    const auto s = ctx->get_saved_variables();
+    auto [grad_gx, grad_w_hh, grad_h0] =
+        op.call(grad_or_none(grads[0]), grad_or_none(grads[1]), s[0], s[1], s[2],
+                grad_or_none(s[3]), ctx->saved_data["reverse"].toBool());
+    return {grad_gx, grad_w_hh, grad_h0, Tensor(), Tensor()};
+  }
+};
+
+struct RnnTanhNames {
+  static constexpr const char* forward = "fused_rnn::rnn_tanh_forward";
+  static constexpr const char* backward = "fused_rnn::rnn_tanh_backward";
+};
+
+struct RnnReluNames {
+  static constexpr const char* forward = "fused_rnn::rnn_relu_forward";
+  static constexpr const char* backward = "fused_rnn::rnn_relu_backward";
+};
+
+template <typename Name>
+std::tuple<Tensor, Tensor> rnn_forward_autograd(const Tensor& gx, const Tensor& w_hh,
+                                                const Tensor& h0, const optional<Tensor>& lengths,
+                                                bool reverse) {
+  auto out = RnnFunction<Name>::apply(gx, w_hh, h0, lengths, reverse);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_rnn, Autograd, m) {
+  m.impl("linear", &linear_autograd);
+  m.impl("lstm_forward", &lstm_forward_autograd);
+  m.impl("gru_forward", &gru_forward_autograd);
+  m.impl("rnn_tanh_forward", &rnn_forward_autograd<RnnTanhNames>);
+  m.impl("rnn_relu_forward", &rnn_forward_autograd<RnnReluNames>);
+}
+
+}  // namespace fused_rnn
