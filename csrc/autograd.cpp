@@ -7,7 +7,8 @@
 // no_grad, ~45 us with a graph), which at one step of B = 1 cost more than the kernels. The
 // Triton ops, Python themselves, keep the Python registration (fused_rnn/_ops.py), with the same
 // saved tensors and gradients as here. torch.compile traces through both kinds: the Function's
-// forward and backward call the ops through the dispatcher.
+// forward and backward call the ops through the dispatcher. A call that records no graph (no
+// grad mode, or no input that requires grad) goes straight to the op.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -35,6 +36,20 @@ optional<Tensor> grad_or_none(const Tensor& grad) {
   return grad.defined() ? optional<Tensor>(grad) : c10::nullopt;
 }
 
+// Whether a call records a graph: grad mode on and an input that requires grad. Without one the
+// ops are called directly, skipping the Function's node (~1 us a call at one step).
+bool records_graph(std::initializer_list<std::reference_wrapper<const Tensor>> inputs,
+                   std::initializer_list<std::reference_wrapper<const optional<Tensor>>> optionals = {}) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const Tensor& t : inputs) {
+    if (t.requires_grad()) return true;
+  }
+  for (const optional<Tensor>& t : optionals) {
+    if (has(t) && t->requires_grad()) return true;
+  }
+  return false;
+}
+
 // An optional input saved for the backward: an undefined tensor stands for None.
 Tensor saved_or_undefined(const optional<Tensor>& t) { return has(t) ? *t : Tensor(); }
 
@@ -42,16 +57,21 @@ Tensor saved_or_undefined(const optional<Tensor>& t) { return has(t) ? *t : Tens
 // fused_rnn::linear
 // ---------------------------------------------------------------------------------------------
 
+using LinearOp = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&);
+
 class LinearFunction : public torch::autograd::Function<LinearFunction> {
  public:
+  static const c10::TypedOperatorHandle<LinearOp>& op() {
+    static const auto op = find_op<LinearOp>("fused_rnn::linear");
+    return op;
+  }
+
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight,
                         const optional<Tensor>& bias) {
-    static const auto op =
-        find_op<Tensor(const Tensor&, const Tensor&, const optional<Tensor>&)>("fused_rnn::linear");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     ctx->save_for_backward({input, weight});
     ctx->saved_data["has_bias"] = has(bias);
-    return op.call(input, weight, bias);
+    return op().call(input, weight, bias);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -71,6 +91,10 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
 };
 
 Tensor linear_autograd(const Tensor& input, const Tensor& weight, const optional<Tensor>& bias) {
+  if (!records_graph({input, weight}, {bias})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return LinearFunction::op().call(input, weight, bias);
+  }
   return LinearFunction::apply(input, weight, bias);
 }
 
@@ -79,18 +103,22 @@ Tensor linear_autograd(const Tensor& input, const Tensor& weight, const optional
 // ---------------------------------------------------------------------------------------------
 
 using LstmOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+using LstmForwardOp = LstmOutputs(const Tensor&, const Tensor&, const optional<Tensor>&,
+                                  const Tensor&, const Tensor&, const optional<Tensor>&, bool,
+                                  bool);
 
 class LstmFunction : public torch::autograd::Function<LstmFunction> {
  public:
+  static const c10::TypedOperatorHandle<LstmForwardOp>& op() {
+    static const auto op = find_op<LstmForwardOp>("fused_rnn::lstm_forward");
+    return op;
+  }
+
   static variable_list forward(AutogradContext* ctx, const Tensor& gx, const Tensor& w_hh,
                                const optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
                                const optional<Tensor>& lengths, bool reverse, bool save) {
-    static const auto op =
-        find_op<LstmOutputs(const Tensor&, const Tensor&, const optional<Tensor>&, const Tensor&,
-                            const Tensor&, const optional<Tensor>&, bool, bool)>(
-            "fused_rnn::lstm_forward");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [y, h_n, c_n, gates, cs] = op.call(gx, w_hh, w_hr, h0, c0, lengths, reverse, save);
+    auto [y, h_n, c_n, gates, cs] = op().call(gx, w_hh, w_hr, h0, c0, lengths, reverse, save);
     ctx->save_for_backward({w_hh, saved_or_undefined(w_hr), h0, c0, y, gates, cs,
                             saved_or_undefined(lengths)});
     ctx->saved_data["reverse"] = reverse;
@@ -123,6 +151,10 @@ LstmOutputs lstm_forward_autograd(const Tensor& gx, const Tensor& w_hh,
                                   const optional<Tensor>& w_hr, const Tensor& h0,
                                   const Tensor& c0, const optional<Tensor>& lengths, bool reverse,
                                   bool save) {
+  if (!records_graph({gx, w_hh, h0, c0}, {w_hr})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return LstmFunction::op().call(gx, w_hh, w_hr, h0, c0, lengths, reverse, save);
+  }
   auto out = LstmFunction::apply(gx, w_hh, w_hr, h0, c0, lengths, reverse, save);
   return {out[0], out[1], out[2], out[3], out[4]};
 }
@@ -131,18 +163,22 @@ LstmOutputs lstm_forward_autograd(const Tensor& gx, const Tensor& w_hh,
 // fused_rnn::gru_forward: saves w_hh, h0, y, the workspace (gates) and lengths.
 // ---------------------------------------------------------------------------------------------
 
+using GruForwardOp = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                        const optional<Tensor>&, const Tensor&,
+                                                        const optional<Tensor>&, bool, bool);
+
 class GruFunction : public torch::autograd::Function<GruFunction> {
  public:
+  static const c10::TypedOperatorHandle<GruForwardOp>& op() {
+    static const auto op = find_op<GruForwardOp>("fused_rnn::gru_forward");
+    return op;
+  }
+
   static variable_list forward(AutogradContext* ctx, const Tensor& gx, const Tensor& w_hh,
                                const optional<Tensor>& b_hh, const Tensor& h0,
                                const optional<Tensor>& lengths, bool reverse, bool save) {
-    static const auto op =
-        find_op<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
-                                                   const optional<Tensor>&, const Tensor&,
-                                                   const optional<Tensor>&, bool, bool)>(
-            "fused_rnn::gru_forward");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [y, h_n, gates] = op.call(gx, w_hh, b_hh, h0, lengths, reverse, save);
+    auto [y, h_n, gates] = op().call(gx, w_hh, b_hh, h0, lengths, reverse, save);
     ctx->save_for_backward({w_hh, h0, y, gates, saved_or_undefined(lengths)});
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["saved_workspace"] = save;
@@ -173,6 +209,10 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_autograd(const Tensor& gx, const 
                                                         const Tensor& h0,
                                                         const optional<Tensor>& lengths,
                                                         bool reverse, bool save) {
+  if (!records_graph({gx, w_hh, h0}, {b_hh})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return GruFunction::op().call(gx, w_hh, b_hh, h0, lengths, reverse, save);
+  }
   auto out = GruFunction::apply(gx, w_hh, b_hh, h0, lengths, reverse, save);
   return {out[0], out[1], out[2]};
 }
@@ -193,11 +233,15 @@ using RnnBackwardOp = std::tuple<Tensor, Tensor, Tensor>(const optional<Tensor>&
 template <typename Name>
 class RnnFunction : public torch::autograd::Function<RnnFunction<Name>> {
  public:
+  static const c10::TypedOperatorHandle<RnnForwardOp>& op() {
+    static const auto op = find_op<RnnForwardOp>(Name::forward);
+    return op;
+  }
+
   static variable_list forward(AutogradContext* ctx, const Tensor& gx, const Tensor& w_hh,
                                const Tensor& h0, const optional<Tensor>& lengths, bool reverse) {
-    static const auto op = find_op<RnnForwardOp>(Name::forward);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [y, h_n] = op.call(gx, w_hh, h0, lengths, reverse);
+    auto [y, h_n] = op().call(gx, w_hh, h0, lengths, reverse);
     ctx->save_for_backward({w_hh, h0, y, saved_or_undefined(lengths)});
     ctx->saved_data["reverse"] = reverse;
     ctx->set_materialize_grads(false);
@@ -229,6 +273,10 @@ template <typename Name>
 std::tuple<Tensor, Tensor> rnn_forward_autograd(const Tensor& gx, const Tensor& w_hh,
                                                 const Tensor& h0, const optional<Tensor>& lengths,
                                                 bool reverse) {
+  if (!records_graph({gx, w_hh, h0})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return RnnFunction<Name>::op().call(gx, w_hh, h0, lengths, reverse);
+  }
   auto out = RnnFunction<Name>::apply(gx, w_hh, h0, lengths, reverse);
   return {out[0], out[1]};
 }

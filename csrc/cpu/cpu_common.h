@@ -28,9 +28,13 @@ inline at::ScalarType compute_dtype(at::ScalarType storage) {
   return storage == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Contiguous copy (or the tensor itself) in the compute dtype.
+// Contiguous copy (or the tensor itself) in the compute dtype. The common case is answered
+// here: .to() and .contiguous() are dispatcher calls even when they return the tensor itself,
+// and an op converts up to ten tensors (a few microseconds of a one-step call).
 inline Tensor to_compute(const Tensor& t) {
-  return t.to(compute_dtype(t.scalar_type())).contiguous();
+  const auto dtype = compute_dtype(t.scalar_type());
+  if (t.scalar_type() == dtype && t.is_contiguous()) return t;
+  return t.to(dtype).contiguous();
 }
 
 inline optional<Tensor> to_compute(const optional<Tensor>& t) {
@@ -39,6 +43,11 @@ inline optional<Tensor> to_compute(const optional<Tensor>& t) {
 }
 
 // Pointer to an optional tensor's data, or nullptr.
+// An output computed in the compute dtype, in the op's storage dtype.
+inline Tensor to_storage(const Tensor& t, at::ScalarType storage) {
+  return t.scalar_type() == storage ? t : t.to(storage);
+}
+
 template <typename T>
 inline const T* data_or_null(const optional<Tensor>& t) {
   return has(t) ? t->data_ptr<T>() : nullptr;

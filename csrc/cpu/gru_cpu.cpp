@@ -245,7 +245,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_cpu(const Tensor& gx, const Tenso
     return gru_forward_impl<scalar_t>(to_compute(gx), to_compute(w_hh), to_compute(b_hh),
                                       to_compute(h0), lengths_c, reverse, save_for_backward, n);
   });
-  auto back = [&](const Tensor& t) { return t.to(storage); };
+  auto back = [&](const Tensor& t) { return to_storage(t, storage); };
   return {back(std::get<0>(out)), back(std::get<1>(out)), back(std::get<2>(out))};
 }
 
@@ -265,7 +265,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_cpu(
                                        to_compute(w_hh), to_compute(h0), to_compute(y),
                                        to_compute(gates), lengths_c, reverse, n);
   });
-  auto back = [&](const Tensor& t) { return t.to(storage); };
+  auto back = [&](const Tensor& t) { return to_storage(t, storage); };
   return {back(std::get<0>(out)), back(std::get<1>(out)), back(std::get<2>(out)),
           back(std::get<3>(out))};
 }

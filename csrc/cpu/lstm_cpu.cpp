@@ -371,7 +371,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
                                        to_compute(h0), to_compute(c0), lengths_c, reverse,
                                        save_for_backward, n);
   });
-  auto back = [&](const Tensor& t) { return t.to(storage); };
+  auto back = [&](const Tensor& t) { return to_storage(t, storage); };
   return {back(std::get<0>(out)), back(std::get<1>(out)), back(std::get<2>(out)),
           back(std::get<3>(out)), back(std::get<4>(out))};
 }
@@ -395,7 +395,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cpu(
                                         to_compute(h0), to_compute(c0), to_compute(y),
                                         to_compute(gates), to_compute(cs), lengths_c, reverse, n);
   });
-  auto back = [&](const Tensor& t) { return t.to(storage); };
+  auto back = [&](const Tensor& t) { return to_storage(t, storage); };
   return {back(std::get<0>(out)), back(std::get<1>(out)), back(std::get<2>(out)),
           back(std::get<3>(out)), back(std::get<4>(out))};
 }

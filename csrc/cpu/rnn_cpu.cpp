@@ -203,7 +203,7 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& gx, const Tensor& w_hh,
     return rnn_forward_impl<kAct, scalar_t>(to_compute(gx), to_compute(w_hh), to_compute(h0),
                                             lengths_c, reverse, n);
   });
-  return {std::get<0>(out).to(storage), std::get<1>(out).to(storage)};
+  return {to_storage(std::get<0>(out), storage), to_storage(std::get<1>(out), storage)};
 }
 
 template <Nonlinearity kAct>
@@ -225,8 +225,8 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_cpu(const optional<Tensor>& grad
                                              to_compute(w_hh), to_compute(h0), to_compute(y),
                                              lengths_c, reverse, n);
   });
-  return {std::get<0>(out).to(storage), std::get<1>(out).to(storage),
-          std::get<2>(out).to(storage)};
+  return {to_storage(std::get<0>(out), storage), to_storage(std::get<1>(out), storage),
+          to_storage(std::get<2>(out), storage)};
 }
 
 }  // namespace
