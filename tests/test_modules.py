@@ -230,6 +230,28 @@ def test_pickle_deepcopy_and_functional_call(cell):
     assert torch.all(out == 0)
 
 
+class _Doubled(torch.nn.Module):
+    def forward(self, weight):
+        return 2 * weight
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_parametrized_and_reassigned_weights_are_read(cell):
+    """The layers read each weight by name on every call: through a parametrization (not in
+    _parameters any more), and after a parameter is replaced by another."""
+    fused, reference = make_pair(cell, 3, 4, num_layers=2, dtype=F64)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    torch.nn.utils.parametrize.register_parametrization(fused, "weight_hh_l1", _Doubled())
+    fused.bias_ih_l0 = torch.nn.Parameter(fused.bias_ih_l0.detach() + 1)
+    with torch.no_grad():
+        reference.weight_hh_l1.mul_(2)
+        reference.bias_ih_l0.add_(1)
+    output, hx = fused(x)
+    expected_output, expected_hx = reference(x)
+    assert_all_close([output, *flatten_states(hx)], [expected_output, *flatten_states(expected_hx)],
+                     atol=1e-10, rtol=1e-10)
+
+
 def test_dropout_warning_matches_torch():
     with warnings.catch_warnings(record=True) as ours:
         warnings.simplefilter("always")
