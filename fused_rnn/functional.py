@@ -354,7 +354,8 @@ def rnn(
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_cell(input: Tensor, hidden: Tensor, name: str, w_ih: Tensor, hidden_size: int):
+def _check_cell(input: Tensor, hidden: Tensor, name: str, w_ih: Tensor, hidden_size: int,
+                autocast: bool):
     if input.size(1) != w_ih.shape[1]:
         raise RuntimeError(
             f"input has inconsistent input_size: got {input.size(1)} expected {w_ih.shape[1]}"
@@ -367,7 +368,6 @@ def _check_cell(input: Tensor, hidden: Tensor, name: str, w_ih: Tensor, hidden_s
         raise RuntimeError(
             f"{name} has inconsistent hidden_size: got {hidden.size(1)}, expected {hidden_size}"
         )
-    autocast = _autocast_dtype(input) is not None
     _check_tensor_like(name, hidden, input, autocast)
     if w_ih.dtype != input.dtype and not autocast:
         raise RuntimeError(
@@ -376,9 +376,8 @@ def _check_cell(input: Tensor, hidden: Tensor, name: str, w_ih: Tensor, hidden_s
         )
 
 
-def _cell_step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh, backend):
-    """input [B, I], h [B, H], c [B, H] or None -> (h', c')."""
-    cast_dtype = _autocast_dtype(input)
+def _cell_step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh, backend, cast_dtype):
+    """input [B, I], h [B, H], c [B, H] or None -> (h', c'). cast_dtype: _autocast_dtype's."""
     if cast_dtype is not None:
         input, h, w_ih, w_hh = (t.to(cast_dtype) for t in (input, h, w_ih, w_hh))
         c = c.to(cast_dtype) if c is not None else None
@@ -395,20 +394,25 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, backend="auto"):
     """One LSTM step: ``input [B, I]``, ``hx = (h [B, H], c [B, H])`` -> ``(h', c')``."""
     h, c = hx
     hidden_size = w_hh.shape[1]
-    _check_cell(input, h, "hidden0", w_ih, hidden_size)
-    _check_cell(input, c, "hidden1", w_ih, hidden_size)
-    return _cell_step("lstm", input, h, c, w_ih, w_hh, b_ih, b_hh, backend)
+    cast_dtype = _autocast_dtype(input)
+    _check_cell(input, h, "hidden0", w_ih, hidden_size, cast_dtype is not None)
+    _check_cell(input, c, "hidden1", w_ih, hidden_size, cast_dtype is not None)
+    return _cell_step("lstm", input, h, c, w_ih, w_hh, b_ih, b_hh, backend, cast_dtype)
 
 
 def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, backend="auto"):
     """One GRU step: ``input [B, I]``, ``hx [B, H]`` -> ``h'``."""
-    _check_cell(input, hx, "hidden0", w_ih, w_hh.shape[1])
-    return _cell_step("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh, backend)[0]
+    cast_dtype = _autocast_dtype(input)
+    _check_cell(input, hx, "hidden0", w_ih, w_hh.shape[1], cast_dtype is not None)
+    return _cell_step("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh, backend, cast_dtype)[0]
 
 
 def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", backend="auto"):
     """One Elman RNN step: ``input [B, I]``, ``hx [B, H]`` -> ``h'``."""
     if nonlinearity not in ("tanh", "relu"):
         raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
-    _check_cell(input, hx, "hidden0", w_ih, w_hh.shape[1])
-    return _cell_step(f"rnn_{nonlinearity}", input, hx, None, w_ih, w_hh, b_ih, b_hh, backend)[0]
+    cast_dtype = _autocast_dtype(input)
+    _check_cell(input, hx, "hidden0", w_ih, w_hh.shape[1], cast_dtype is not None)
+    return _cell_step(
+        f"rnn_{nonlinearity}", input, hx, None, w_ih, w_hh, b_ih, b_hh, backend, cast_dtype
+    )[0]

@@ -212,6 +212,15 @@ class _FusedCellBase(nn.RNNCellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks, device=device, dtype=dtype)
         self.backend = _check_backend(backend)
 
+    def _weights(self) -> tuple[Optional[Tensor], ...]:
+        """(weight_ih, weight_hh, bias_ih, bias_hh), read as _FusedRNNBase._layer_weights reads
+        a layer's (bias=False registers the biases as None)."""
+        parameters = self._parameters
+        return tuple(
+            parameters[name] if name in parameters else getattr(self, name)
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
+
     def _batched(self, input: Tensor, hx, n_states: int):
         """Checks dims as torch.nn's cells do; returns (input [B, I], states, is_batched)."""
         name = type(self).__name__
@@ -242,10 +251,7 @@ class LSTMCell(_FusedCellBase):
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None):
         input, (h, c), is_batched = self._batched(input, hx, 2)
-        h, c = functional.lstm_cell(
-            input, (h, c), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-            backend=self.backend,
-        )
+        h, c = functional.lstm_cell(input, (h, c), *self._weights(), backend=self.backend)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
@@ -257,10 +263,7 @@ class GRUCell(_FusedCellBase):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         input, (h,), is_batched = self._batched(input, hx, 1)
-        h = functional.gru_cell(
-            input, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-            backend=self.backend,
-        )
+        h = functional.gru_cell(input, h, *self._weights(), backend=self.backend)
         return h if is_batched else h.squeeze(0)
 
 
@@ -279,7 +282,6 @@ class RNNCell(_FusedCellBase):
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         input, (h,), is_batched = self._batched(input, hx, 1)
         h = functional.rnn_cell(
-            input, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-            nonlinearity=self.nonlinearity, backend=self.backend,
+            input, h, *self._weights(), nonlinearity=self.nonlinearity, backend=self.backend
         )
         return h if is_batched else h.squeeze(0)
