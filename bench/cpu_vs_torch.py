@@ -1,7 +1,8 @@
 """fused_rnn's CPU kernels against torch.nn on the CPU, side by side: the ratio table.
 
 Runs the CPU grid of the benchmark (``python -m fused_rnn.bench --device cpu``: batch {1, 32},
-hidden {128, 256}, T=100, input = hidden) for the ``cpu`` backend, with the benchmark's own
+hidden {128, 256}, T=100, input = hidden, and one step of one sequence, T=1, B=1) for the
+``cpu`` backend, with the benchmark's own
 correctness gate, interleaved median timing at a fixed thread count and peak memory, and prints
 one line per shape with inference and training-step ratios (torch.nn time / fused_rnn time:
 above 1, fused_rnn is faster). Nothing is written to disk; for the CSV and plots use
@@ -37,28 +38,29 @@ def main() -> int:
 
     by_shape: dict[tuple, dict[str, dict]] = {}
     for row in rows:
-        key = (row["cell"], row["batch"], row["hidden_size"], row["num_layers"], row["bidirectional"])
+        key = (row["cell"], row["seq_len"], row["batch"], row["hidden_size"], row["num_layers"],
+               row["bidirectional"])
         by_shape.setdefault(key, {})[row["mode"]] = row
 
     def cell(row, column, fmt):
         return format(row[column], fmt) if row and row.get(column) is not None else "-"
 
-    print(f"threads={args.threads}, T=100, input=hidden, fp32; ms are medians of {args.repeats} interleaved runs")
+    print(f"threads={args.threads}, input=hidden, fp32; ms are medians of {args.repeats} interleaved runs")
     header = (
-        f"{'cell':8} {'B':>3} {'H':>4} {'layers':>8} | {'fwd torch':>9} {'fused':>7} {'ratio':>6} | "
+        f"{'cell':8} {'T':>3} {'B':>3} {'H':>4} {'layers':>6} | {'fwd torch':>9} {'fused':>7} {'ratio':>6} | "
         f"{'train torch':>11} {'fused':>7} {'ratio':>6} | {'train peak MiB torch/fused':>26}"
     )
     print(header)
     print("-" * len(header))
     failed = 0
-    for (name, batch, hidden, layers, bidirectional), modes in by_shape.items():
+    for (name, steps, batch, hidden, layers, bidirectional), modes in by_shape.items():
         fwd, train = modes.get("fwd"), modes.get("fwd+bwd")
         failed += sum(r["status"] != "OK" for r in modes.values())
         stack = f"{layers}{' bi' if bidirectional else ''}"
         print(
-            f"{name:8} {batch:>3} {hidden:>4} {stack:>8} | {cell(fwd, 'torch_ms', '9.2f')} "
-            f"{cell(fwd, 'fused_ms', '7.2f')} {cell(fwd, 'speedup', '6.2f')} | "
-            f"{cell(train, 'torch_ms', '11.2f')} {cell(train, 'fused_ms', '7.2f')} "
+            f"{name:8} {steps:>3} {batch:>3} {hidden:>4} {stack:>6} | {cell(fwd, 'torch_ms', '9.3f')} "
+            f"{cell(fwd, 'fused_ms', '7.3f')} {cell(fwd, 'speedup', '6.2f')} | "
+            f"{cell(train, 'torch_ms', '11.3f')} {cell(train, 'fused_ms', '7.3f')} "
             f"{cell(train, 'speedup', '6.2f')} | "
             f"{cell(train, 'torch_peak_mb', '12.1f')} / {cell(train, 'fused_peak_mb', '<11.1f')}"
         )

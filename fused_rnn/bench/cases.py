@@ -93,7 +93,9 @@ def grid_shapes(device_type: str, grid: str) -> list[Shape]:
     GPU full: batch {1, 8, 16, 64, 256} x hidden {256, 512, 768, 1024} x seq_len {128, 1024},
     one layer, plus a 3-layer and a bidirectional row at B=64, H=512, T=512.
     CPU full: batch {1, 32} x hidden {128, 256}, T=100, one layer, plus a 2-layer
-    bidirectional row. The quick grids exercise the same code paths in seconds (the CPU one
+    bidirectional row, plus one step of one sequence (T=1, B=1: streaming inference, RL) at
+    hidden {128, 256}, where the cost of a call is mostly what surrounds the kernels. The
+    quick grids exercise the same code paths in seconds (the CPU one
     is the CI smoke test).
     """
     if grid not in GRIDS:
@@ -111,9 +113,11 @@ def grid_shapes(device_type: str, grid: str) -> list[Shape]:
         return _square([1, 16], [64], [32]) + [
             Shape(4, 16, 32, 32, num_layers=2, bidirectional=True)
         ]
-    return _square([1, 32], [128, 256], [100]) + [
-        Shape(32, 100, 128, 128, num_layers=2, bidirectional=True)
-    ]
+    return (
+        _square([1, 32], [128, 256], [100])
+        + [Shape(32, 100, 128, 128, num_layers=2, bidirectional=True)]
+        + _square([1], [128, 256], [1])
+    )
 
 
 def custom_shapes(

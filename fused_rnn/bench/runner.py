@@ -18,6 +18,11 @@ from .precision import strict_fp32
 from .steps import make_step
 
 
+#: On the CPU, the rounds of short calls go on until the slowest has been timed this long in
+#: all (timing.median_ms): a few hundred samples of one step of one sequence.
+CPU_MIN_TIME_MS = 50.0
+
+
 @dataclass(frozen=True)
 class Settings:
     device: torch.device
@@ -94,7 +99,11 @@ def _time_and_memory(case: Case, fused, reference, x: torch.Tensor, settings: Se
     fused_step = make_step(case.mode, fused, x)
     torch_step = make_step(case.mode, reference, x)
     fused_ms, torch_ms = timing.median_ms(
-        [fused_step, torch_step], settings.device, repeats=settings.repeats, warmup=settings.warmup
+        [fused_step, torch_step],
+        settings.device,
+        repeats=settings.repeats,
+        warmup=settings.warmup,
+        min_time_ms=CPU_MIN_TIME_MS if settings.device.type == "cpu" else 0.0,
     )
     return {
         **_timing_columns(case, fused_ms, torch_ms),
