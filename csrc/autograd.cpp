@@ -1,6 +1,6 @@
 // Autograd of the compiled ops (CPU and CUDA kernels alike): one torch::autograd::Function per
 // forward op, whose backward calls the matching backward op (which has no autograd of its own:
-// no double backward).
+// double backward is refused, below).
 //
 // Registered for the Autograd key here, in C++, rather than with torch.library.register_autograd
 // in Python: that runs a Python function on every call, grad mode or not (~8 us per op in
@@ -9,6 +9,7 @@
 // saved tensors and gradients as here. torch.compile traces through both kinds: the Function's
 // forward and backward call the ops through the dispatcher. A call that records no graph (no
 // grad mode, or no input that requires grad) goes straight to the op.
+#include <ATen/core/stack.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -281,9 +282,31 @@ std::tuple<Tensor, Tensor> rnn_forward_autograd(const Tensor& gx, const Tensor& 
   return {out[0], out[1]};
 }
 
+// ---------------------------------------------------------------------------------------------
+// The backward ops: no derivative of their own. A call that would record a graph through one
+// (a backward with create_graph=True, on the way to a second derivative) is refused; without
+// an Autograd kernel torch's fallback only warns, and the second derivatives come out wrong.
+// ---------------------------------------------------------------------------------------------
+
+void backward_op_autograd(const c10::OperatorHandle& op, c10::Stack* stack) {
+  if (at::GradMode::is_enabled()) {
+    for (const c10::IValue& arg : torch::jit::last(*stack, op.schema().arguments().size())) {
+      TORCH_CHECK(!(arg.isTensor() && arg.toTensor().requires_grad()), op.schema().name(),
+                  ": double backward (a gradient of a gradient, create_graph=True) through "
+                  "fused_rnn's ops is not supported");
+    }
+  }
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  op.callBoxed(stack);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fused_rnn, Autograd, m) {
+  for (const char* name : {"linear_backward", "lstm_backward", "gru_backward",
+                           "rnn_tanh_backward", "rnn_relu_backward"}) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&backward_op_autograd>());
+  }
   m.impl("linear", &linear_autograd);
   m.impl("lstm_forward", &lstm_forward_autograd);
   m.impl("gru_forward", &gru_forward_autograd);

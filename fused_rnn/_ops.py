@@ -218,16 +218,26 @@ def register_compiled_fakes() -> None:
         torch.library.register_fake(f"fused_rnn::{cell}_backward")(backward_fake)
 
 
+def _refuse_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "fused_rnn: double backward (a gradient of a gradient, create_graph=True) through "
+        "fused_rnn's ops is not supported"
+    )
+
+
 def register_op_family(suffix: str) -> None:
     """Registers the autograd of ``fused_rnn::{cell}_forward{suffix}`` (calling
     ``fused_rnn::{cell}_backward{suffix}``) for every cell: for Python ops such as the Triton
-    ones, which bring their own fake kernels."""
+    ones, which bring their own fake kernels. The backward ops get one that refuses a second
+    derivative (without any, torch only warns and computes it wrong)."""
     for cell, (_, _, autograd) in _FAMILY.items():
+        backward_name = f"fused_rnn::{cell}_backward{suffix}"
         backward_op = getattr(torch.ops.fused_rnn, f"{cell}_backward{suffix}").default
         setup_context, backward = autograd(backward_op)
         torch.library.register_autograd(
             f"fused_rnn::{cell}_forward{suffix}", backward, setup_context=setup_context
         )
+        torch.library.register_autograd(backward_name, _refuse_double_backward)
 
 
 register_compiled_fakes()

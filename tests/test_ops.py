@@ -245,6 +245,22 @@ def test_backward_without_workspace_raises():
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_double_backward_is_refused(cell):
+    """A graph through the backward ops (create_graph=True) is refused before they run, not
+    differentiated wrongly by torch's fallback; the first derivative without a graph works."""
+    t = random_inputs(cell, 3, 2, 4, 4, F64)
+    y = run_op(cell, t, None, False)[0]
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(y.sum(), t["gx"], create_graph=True)
+    (grad,) = torch.autograd.grad(y.sum(), t["gx"])
+    assert grad.shape == t["gx"].shape and not grad.requires_grad
+    x = torch.randn(5, 3, dtype=F64, requires_grad=True)
+    w = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(ops.linear(x, w, None).sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_unused_outputs_get_no_gradient(cell, reverse):
     """Only h_n used (grad_y is None): the ops take None for the gradients of unused outputs."""

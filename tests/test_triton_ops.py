@@ -381,6 +381,15 @@ def test_none_gradients_are_zero(cell):
     assert all(not t.any() for t in zero)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "rnn_tanh"])
+def test_double_backward_is_refused(cell):
+    inputs = make_inputs(cell, 3, 2, 4)
+    y = triton_call(cell, inputs, None, False)[0]
+    (grad,) = torch.autograd.grad(y.sum(), inputs["gx"], create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        grad.sum().backward()
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("T,B", [(0, 3), (3, 0)])
 def test_empty_sizes(cell, T, B):
