@@ -41,6 +41,11 @@ class _FusedRNNBase(nn.RNNBase):
         self.backend = _check_backend(backend)
         self._set_weight_names()
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_weight_names" not in self.__dict__:  # pickled by a version that did not keep them
+            self._set_weight_names()
+
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels read the parameters where they are (torch.nn packs them into
         one buffer for cuDNN)."""

@@ -228,6 +228,12 @@ def test_pickle_deepcopy_and_functional_call(cell):
     zeros = {name: torch.zeros_like(p) for name, p in fused.named_parameters()}
     out = torch.func.functional_call(fused, zeros, (x,))[0]
     assert torch.all(out == 0)
+    # a module pickled before the weight names were kept in it
+    state = dict(fused.__dict__)
+    del state["_weight_names"]
+    old = type(fused).__new__(type(fused))
+    old.__setstate__(state)
+    torch.testing.assert_close(old(x)[0], expected, atol=0, rtol=0)
 
 
 class _Doubled(torch.nn.Module):
