@@ -209,9 +209,15 @@ def _stack(
     batch_first: bool,
     lengths,
     backend: str,
+    own_weights: bool = False,
 ):
+    """own_weights: the weights are a module's own parameters, in torch.nn's shapes by
+    construction, and are not checked again on every call (microseconds at one step); one the
+    user replaced by a tensor of another shape is still refused before any kernel runs, by the
+    ops' own checks or, for a bias, by the addition that folds it in (as torch.nn refuses it)."""
     num_directions = 2 if bidirectional else 1
-    _check_weights(cell, weights, num_directions)
+    if not own_weights:
+        _check_weights(cell, weights, num_directions)
     num_layers = len(weights) // num_directions
     x = input.transpose(0, 1) if batch_first else input  # time-major [T, B, I]
     cast_dtype = _autocast_dtype(x)

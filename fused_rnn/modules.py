@@ -103,6 +103,7 @@ class _FusedRNNBase(nn.RNNBase):
             batch_first=self.batch_first,
             lengths=lengths,
             backend=self.backend,
+            own_weights=True,
         )
 
     def _check_hx_dims(self, hx, expected_dim: int, is_batched: bool):

@@ -96,6 +96,20 @@ def state(cell, *shape):
 
 
 @pytest.mark.parametrize("cell", list(LAYERS))
+@pytest.mark.parametrize("name", ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+                                  "weight_hh_l1"])
+def test_replaced_parameter_of_another_shape_is_refused(cell, name):
+    """The layers do not re-check their own weights on every call; a parameter replaced by one
+    of another shape is still refused, by the ops' argument checks or (a bias) by the addition
+    that folds it in, as torch.nn refuses it."""
+    fused = layer("fused", cell, 3, 4, num_layers=2)
+    bad = getattr(fused, name)
+    setattr(fused, name, torch.nn.Parameter(torch.randn(bad.shape[0] + 1, *bad.shape[1:])))
+    with pytest.raises(RuntimeError, match="shape|size"):
+        fused(torch.randn(5, 2, 3))
+
+
+@pytest.mark.parametrize("cell", list(LAYERS))
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_same_error_as_torch(cell, case):
     x, hx = BAD_INPUTS[case](cell)
