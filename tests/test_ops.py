@@ -143,6 +143,24 @@ def test_op_thread_counts(cell, threads, shape, dtype):
         torch.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("hidden", [13, 187])
+def test_single_step_products(cell, threads, batch, hidden):
+    """T = 1 with up to 4 rows: the forward's product reads the weight rows in place (rows_gemm,
+    packed_gemm.h) instead of packing them; K % 8 != 0, column counts not a multiple of 4, one
+    thread, and two slices of units (the LSTM at H = 187: a single step that large is split);
+    5 rows go back to the packed product."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for reverse in (False, True):
+            compare(cell, (1, batch, hidden, hidden), "varied", reverse, torch.float32, atol=2e-5)
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("threads", [2, 4])
 def test_lstm_projection_keeps_rows_together(threads):
     """With a projection every step has a product over all rows: the threads split only units,

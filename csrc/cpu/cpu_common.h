@@ -87,11 +87,23 @@ class StepOperand {
     if (packed_gemm_) packed_ = pack_gemm_operand(b, B);
   }
 
-  // b = cat(weight_rows).t(); concatenated only for BLAS, packed straight from the rows.
-  static StepOperand from_rows(at::TensorList weight_rows, int64_t B, int64_t max_packed_rows) {
+  // b = cat(weight_rows).t(); concatenated only for BLAS, packed straight from the rows, or,
+  // for a product that runs once (uses = 1: a single step) on at most kDirectMaxRows rows, read
+  // in place by rows_gemm: packing would cost more than the product (GRU op at T = 1, B = 1,
+  // H = 256: pack ~5 us of 30).
+  static StepOperand from_rows(at::TensorList weight_rows, int64_t B, int64_t max_packed_rows,
+                               int64_t uses) {
     StepOperand op;
-    op.packed_gemm_ = use_packed_gemm(weight_rows[0].scalar_type(), B, max_packed_rows);
-    if (op.packed_gemm_) {
+    const bool fast = use_packed_gemm(weight_rows[0].scalar_type(), B, max_packed_rows);
+    if (fast && uses == 1 && B <= kDirectMaxRows) {
+      for (const Tensor& rows : weight_rows) {
+        for (int64_t r = 0; r < rows.size(0); ++r) {
+          op.columns_.push_back(rows.data_ptr<float>() + r * rows.stride(0));
+        }
+      }
+      op.b_ = weight_rows[0];  // keeps the weight alive; K = its row length
+    } else if (fast) {
+      op.packed_gemm_ = true;
       op.packed_ = pack_gemm_operand_from_rows(weight_rows, B);
     } else {
       op.b_ = at::cat(weight_rows).t();
@@ -104,6 +116,13 @@ class StepOperand {
   void multiply(Tensor& out, const Tensor& a, bool accumulate, int64_t row0 = 0,
                 int64_t rows = -1) const {
     if (rows < 0) rows = a.size(0) - row0;
+    if (!columns_.empty()) {
+      TORCH_INTERNAL_ASSERT(!accumulate && rows <= kDirectMaxRows);
+      rows_gemm(rows, static_cast<int64_t>(columns_.size()), a.size(1),
+                a.data_ptr<float>() + row0 * a.stride(0), a.stride(0), columns_.data(),
+                out.data_ptr<float>(), out.size(1));
+      return;
+    }
     if (packed_gemm_) {
       packed_gemm(rows, out.size(1), a.size(1), a.data_ptr<float>() + row0 * a.stride(0),
                   a.stride(0), packed_.data_ptr<float>(), out.data_ptr<float>(), out.size(1),
@@ -118,6 +137,7 @@ class StepOperand {
   // of it at B = 1).
   void multiply_step(Tensor& out, const Tensor& steps, int64_t t, bool accumulate,
                      int64_t row0 = 0, int64_t rows = -1) const {
+    TORCH_INTERNAL_ASSERT(columns_.empty(), "multiply_step: not on a direct operand");
     const int64_t B = steps.size(1), K = steps.size(2);
     if (rows < 0) rows = B - row0;
     if (packed_gemm_) {
@@ -135,8 +155,11 @@ class StepOperand {
     return dtype == at::kFloat && B > 0 && B <= max_packed_rows && cpu_isa() != CpuIsa::kBaseline;
   }
 
+  static constexpr int64_t kDirectMaxRows = 4;
+
   Tensor b_, packed_;
   bool packed_gemm_ = false;
+  std::vector<const float*> columns_;  // rows_gemm's columns of b (direct operand), or empty
 };
 
 // Forward operands: worker k computes pre[k] [rows_k, G*n_k] = h_prev[rows of k] [rows_k, P] @
@@ -150,7 +173,8 @@ struct ForwardGemms {
   std::vector<StepOperand> w_t;  // per unit slice
   std::vector<Tensor> pre;       // per worker
 
-  ForwardGemms(const Partition& part, const Tensor& w_hh, int64_t G)
+  // steps: T, the number of products each operand is used for.
+  ForwardGemms(const Partition& part, const Tensor& w_hh, int64_t G, int64_t steps)
       : part(part), w_t(part.slices()), pre(part.size()) {
     const int64_t H = w_hh.size(0) / G, rows = part.min_rows();
     for (int64_t k = 0; k < part.size(); ++k) {
@@ -162,7 +186,7 @@ struct ForwardGemms {
       for (int64_t g = 0; g < G; ++g) {
         gate_rows.push_back(w_hh.narrow(0, g * H + part.begin(k), part.units(k)));
       }
-      w_t[part.slice(k)] = StepOperand::from_rows(gate_rows, rows, kForwardPackedMaxRows);
+      w_t[part.slice(k)] = StepOperand::from_rows(gate_rows, rows, kForwardPackedMaxRows, steps);
     });
   }
 

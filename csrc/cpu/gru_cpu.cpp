@@ -165,8 +165,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const Tensor& gx, const Tens
   const Tensor h_state[2] = {h0.clone(), at::empty({B, H}, opts)};
   Tensor gates = save ? cpu_output({T_steps, B, 4 * H}, opts) : empty_placeholder(opts);
   const int64_t* len = data_or_null<int64_t>(lengths);
-  const Partition part(H, B, B * 3 * H * H, /*split_rows=*/true);
-  ForwardGemms slices(part, w_hh, 3);
+  const Partition part(H, B, B * 3 * H * H, T_steps, /*split_rows=*/true);
+  ForwardGemms slices(part, w_hh, 3, T_steps);
 
   part.for_each_step(T_steps, [&](int64_t k, int64_t s) {
     const int64_t t = time_at(s, T_steps, reverse);
@@ -206,7 +206,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   Tensor dgx_n = cpu_output({T_steps, B, H}, opts);
   const T* dy = data_or_null<T>(grad_y);
   const int64_t* len = data_or_null<int64_t>(lengths);
-  const Partition units(H, B, B * 3 * H * H, /*split_rows=*/true);
+  const Partition units(H, B, B * 3 * H * H, T_steps, /*split_rows=*/true);
   BackwardState state(units, w_hh, grad_h_n);
 
   // Position i runs step s = T - 1 - i of the forward order.

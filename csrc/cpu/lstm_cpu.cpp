@@ -214,8 +214,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
            : std::nullopt;
   const int64_t* len = data_or_null<int64_t>(lengths);
   // with a projection, h of all rows comes from one product between the steps
-  const Partition part(H, B, B * 4 * H * P, /*split_rows=*/!proj);
-  ForwardGemms slices(part, w_hh, 4);
+  const Partition part(H, B, B * 4 * H * P, T_steps, /*split_rows=*/!proj);
+  ForwardGemms slices(part, w_hh, 4, T_steps);
 
   // Slice k of step s: its units' gate products, then their cell maths.
   auto step = [&](int64_t k, int64_t s) {
@@ -274,8 +274,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
   Tensor grad_gx = cpu_output({T_steps, B, 4 * H}, opts);
   Tensor dc = has(grad_c_n) ? grad_c_n->clone() : at::zeros({B, H}, opts);  // [B, H]
   // Units of the cell maths; without a projection they are also the columns of dh.
-  const Partition units(H, B, B * 4 * H * P, /*split_rows=*/!proj);
-  const Partition columns = proj ? Partition(P, B, B * 4 * H * P, false) : units;
+  const Partition units(H, B, B * 4 * H * P, T_steps, /*split_rows=*/!proj);
+  const Partition columns = proj ? Partition(P, B, B * 4 * H * P, T_steps, false) : units;
   BackwardState state(columns, w_hh, grad_h_n);
 
   // With a projection: the total gradient of every step's h (for grad_w_hr), and per unit

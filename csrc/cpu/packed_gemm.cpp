@@ -50,6 +50,76 @@ FUSED_RNN_CPU_ISA_VARIANTS(packed_gemm_variant,
                            (M, N, K, a, lda, packed, out, ldo, accumulate),
                            packed_gemm_impl(M, N, K, a, lda, packed, out, ldo, accumulate))
 
+// Columns [j0, j0 + NC) of out for rows [0, M), M <= 2: NC * M dot products over K, 8 lanes
+// at a time, each with its own accumulator (NC * M independent FMA chains).
+template <int M, int NC>
+inline __attribute__((always_inline)) void rows_gemm_block(int64_t K, const float* __restrict__ a,
+                                                           int64_t lda,
+                                                           const float* const* columns,
+                                                           float* __restrict__ out, int64_t ldo) {
+  using detail::float8;
+  float8 acc[M][NC];
+#pragma GCC unroll 8
+  for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) acc[m][c] = float8{};
+  const int64_t K8 = K - K % 8;
+  for (int64_t k = 0; k < K8; k += 8) {
+    float8 av[M];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) av[m] = *reinterpret_cast<const float8*>(a + m * lda + k);
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) {
+      const float8 wv = *reinterpret_cast<const float8*>(columns[c] + k);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[m][c] += av[m] * wv;
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < M; ++m) {
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) {
+      float sum = 0.0f;
+      for (int lane = 0; lane < 8; ++lane) sum += acc[m][c][lane];
+      for (int64_t k = K8; k < K; ++k) sum += a[m * lda + k] * columns[c][k];
+      out[m * ldo + c] = sum;
+    }
+  }
+}
+
+// All columns, 4 at a time (then one by one), for rows in pairs.
+inline __attribute__((always_inline)) void rows_gemm_impl(int64_t M, int64_t N, int64_t K,
+                                                          const float* a, int64_t lda,
+                                                          const float* const* columns,
+                                                          float* out, int64_t ldo) {
+  for (int64_t m0 = 0; m0 < M; m0 += 2) {
+    const float* a_m = a + m0 * lda;
+    float* out_m = out + m0 * ldo;
+    const bool pair = M - m0 >= 2;
+    int64_t j = 0;
+    for (; j + 4 <= N; j += 4) {
+      if (pair) {
+        rows_gemm_block<2, 4>(K, a_m, lda, columns + j, out_m + j, ldo);
+      } else {
+        rows_gemm_block<1, 4>(K, a_m, lda, columns + j, out_m + j, ldo);
+      }
+    }
+    for (; j < N; ++j) {
+      if (pair) {
+        rows_gemm_block<2, 1>(K, a_m, lda, columns + j, out_m + j, ldo);
+      } else {
+        rows_gemm_block<1, 1>(K, a_m, lda, columns + j, out_m + j, ldo);
+      }
+    }
+  }
+}
+
+FUSED_RNN_CPU_ISA_VARIANTS(rows_gemm_variant,
+                           (int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
+                            const float* const* columns, float* out, int64_t ldo),
+                           (M, N, K, a, lda, columns, out, ldo),
+                           rows_gemm_impl(M, N, K, a, lda, columns, out, ldo))
+
 }  // namespace
 
 at::Tensor pack_gemm_operand(const at::Tensor& b, int64_t M) {
@@ -105,6 +175,12 @@ void packed_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
     return;
   }
   packed_gemm_variant(M, N, K, a, lda, packed, out, ldo, accumulate);
+}
+
+void rows_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
+               const float* const* columns, float* out, int64_t ldo) {
+  TORCH_CHECK(M >= 1, "rows_gemm: M must be positive, got ", M);
+  rows_gemm_variant(M, N, K, a, lda, columns, out, ldo);
 }
 
 }  // namespace fused_rnn::cpu

@@ -41,6 +41,13 @@ at::Tensor pack_gemm_operand_from_rows(at::TensorList weight_rows, int64_t M);
 void packed_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
                  const float* packed, float* out, int64_t ldo, bool accumulate);
 
+// out[M, N] = a[M, K] @ b for b = cat(weight_rows).t() read in place, column j of b being the
+// K contiguous floats at columns[j]: one dot product per element. For a product that runs
+// once on a few rows (a single step of B <= 4), where packing would read and write the whole
+// weight to then read it once more.
+void rows_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
+               const float* const* columns, float* out, int64_t ldo);
+
 namespace detail {
 
 // 8 floats: one AVX register, or two SSE registers in the baseline clone. aligned(4): loads and

@@ -79,15 +79,20 @@ class Partition {
  public:
   // Hidden units [0, units) and batch rows [0, rows). work_per_step: multiply-adds of one
   // step's recurrent product; below a few tens of thousands the threading costs more than it
-  // saves. split_rows: whether rows may be split (false where a step also has a product over
-  // all rows of its units' output, as the LSTM's projection).
-  Partition(int64_t units, int64_t rows, int64_t work_per_step, bool split_rows) {
+  // saves, and for a single step (steps = 1: no packed weight to share out, one fork and join
+  // of ~4 us) below 2^17 (one step of B = 1: LSTM op at H = 128 15.9 us on one thread, 20.7 on
+  // two; at H = 256 33.7 and 30.7). split_rows: whether rows may be split (false where a step
+  // also has a product over all rows of its units' output, as the LSTM's projection).
+  Partition(int64_t units, int64_t rows, int64_t work_per_step, int64_t steps, bool split_rows) {
     constexpr int64_t kMinWork = 1 << 15;
+    constexpr int64_t kMinSingleStepWork = 1 << 17;
     constexpr int64_t kMinUnits = 8;  // one 8-wide vector of units per thread at least
     constexpr int64_t kMinRowsPerGroup = 8;
     constexpr int64_t kMaxWeightPerGroupRow = int64_t(1) << 18;  // 1 MB of fp32
-    const int64_t threads =
-        work_per_step < kMinWork || at::in_parallel_region() ? 1 : at::get_num_threads();
+    const bool serial = work_per_step < kMinWork ||
+                        (steps == 1 && work_per_step < kMinSingleStepWork) ||
+                        at::in_parallel_region();
+    const int64_t threads = serial ? 1 : at::get_num_threads();
     // The most groups that divide the threads with at least kMinRowsPerGroup rows each, and
     // with enough rows to pay for reading all of w_hh every step (each element read is used
     // once per row of the group): at most kMaxWeightPerGroupRow elements per row.

@@ -139,8 +139,8 @@ std::tuple<Tensor, Tensor> rnn_forward_impl(const Tensor& gx, const Tensor& w_hh
   // [B, H] each: h_state[s % 2] is h before step s, h_state[(s + 1) % 2] after it
   const Tensor h_state[2] = {h0.clone(), at::empty({B, H}, gx.options())};
   const int64_t* len = data_or_null<int64_t>(lengths);
-  const Partition part(H, B, B * H * H, /*split_rows=*/true);
-  ForwardGemms slices(part, w_hh, 1);
+  const Partition part(H, B, B * H * H, T_steps, /*split_rows=*/true);
+  ForwardGemms slices(part, w_hh, 1, T_steps);
   part.for_each_step(T_steps, [&](int64_t k, int64_t s) {
     const int64_t t = time_at(s, T_steps, reverse);
     const Tensor& h_prev = h_state[s % 2];
@@ -166,7 +166,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_impl(const optional<Tensor>& gra
   Tensor grad_gx = cpu_output({T_steps, B, H}, y.options());
   const T* dy = data_or_null<T>(grad_y);
   const int64_t* len = data_or_null<int64_t>(lengths);
-  const Partition units(H, B, B * H * H, /*split_rows=*/true);
+  const Partition units(H, B, B * H * H, T_steps, /*split_rows=*/true);
   BackwardState state(units, w_hh, grad_h_n);
   // Position i runs step s = T - 1 - i of the forward order.
   units.for_each_step(T_steps, [&](int64_t k, int64_t i) {
