@@ -96,11 +96,7 @@ class StepOperand {
     StepOperand op;
     const bool fast = use_packed_gemm(weight_rows[0].scalar_type(), B, max_packed_rows);
     if (fast && uses == 1 && B <= kDirectMaxRows) {
-      for (const Tensor& rows : weight_rows) {
-        for (int64_t r = 0; r < rows.size(0); ++r) {
-          op.columns_.push_back(rows.data_ptr<float>() + r * rows.stride(0));
-        }
-      }
+      op.columns_ = weight_rows_pointers(weight_rows);
       op.b_ = weight_rows[0];  // keeps the weight alive; K = its row length
     } else if (fast) {
       op.packed_gemm_ = true;

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace fused_rnn::cpu {
 
@@ -36,6 +37,10 @@ at::Tensor pack_gemm_operand(const at::Tensor& b, int64_t M);
 // The same for b = cat(weight_rows).t() (float [n_i, K] blocks with contiguous rows), read in
 // place: a slice's gate rows are packed without first being concatenated.
 at::Tensor pack_gemm_operand_from_rows(at::TensorList weight_rows, int64_t M);
+
+// A pointer to each row of the float [n_i, K] blocks (contiguous rows), in order: the columns
+// of b = cat(weight_rows).t().
+std::vector<const float*> weight_rows_pointers(at::TensorList weight_rows);
 
 // out[M, N] (+)= a[M, K] @ b, with b packed by pack_gemm_operand(b, M) for this M.
 void packed_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
