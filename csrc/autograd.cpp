@@ -8,12 +8,13 @@
 // Triton ops, Python themselves, keep the Python registration (fused_rnn/_ops.py), with the same
 // saved tensors and gradients as here. torch.compile traces through both kinds: the Function's
 // forward and backward call the ops through the dispatcher. A call that records no graph (no
-// grad mode, or no input that requires grad) goes straight to the op.
+// grad mode, or no input that requires grad: records_graph) goes straight to the op, without
+// the Function's node (~1 us a call at one step).
 #include <ATen/core/stack.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "op_common.h"
+#include "op_calls.h"
 
 namespace fused_rnn {
 namespace {
@@ -25,30 +26,10 @@ constexpr const char* kNoWorkspace =
     "fused_rnn: backward through a recurrence whose forward ran with save_for_backward=False "
     "(call the layer with grad mode on and an input or parameter that requires grad)";
 
-// The typed handle of op `name` (looked up once per op).
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
 // A gradient that reaches an output (defined), or None: set_materialize_grads(false) passes
 // the gradients of unused outputs as undefined tensors, which the backward ops take as zero.
 optional<Tensor> grad_or_none(const Tensor& grad) {
   return grad.defined() ? optional<Tensor>(grad) : c10::nullopt;
-}
-
-// Whether a call records a graph: grad mode on and an input that requires grad. Without one the
-// ops are called directly, skipping the Function's node (~1 us a call at one step).
-bool records_graph(std::initializer_list<std::reference_wrapper<const Tensor>> inputs,
-                   std::initializer_list<std::reference_wrapper<const optional<Tensor>>> optionals = {}) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const Tensor& t : inputs) {
-    if (t.requires_grad()) return true;
-  }
-  for (const optional<Tensor>& t : optionals) {
-    if (has(t) && t->requires_grad()) return true;
-  }
-  return false;
 }
 
 // An optional input saved for the backward: an undefined tensor stands for None.

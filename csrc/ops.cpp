@@ -138,4 +138,19 @@ TORCH_LIBRARY(fused_rnn, m) {
   m.def(
       "rnn_relu_backward(Tensor? grad_y, Tensor? grad_h_n, Tensor w_hh, Tensor h0, Tensor y, "
       "Tensor? lengths, bool reverse) -> (Tensor grad_gx, Tensor grad_w_hh, Tensor grad_h0)");
+
+  // One step of a cell: linear + the recurrence op at T = 1, composed in C++ (cell_step.cpp)
+  // so that a step is one call from Python. input [B, I], h/c [B, H], torch.nn's weights.
+  m.def(
+      "lstm_cell(Tensor input, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh) -> (Tensor h_next, Tensor c_next)");
+  m.def(
+      "gru_cell(Tensor input, Tensor h, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) "
+      "-> Tensor");
+  m.def(
+      "rnn_tanh_cell(Tensor input, Tensor h, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh) -> Tensor");
+  m.def(
+      "rnn_relu_cell(Tensor input, Tensor h, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh) -> Tensor");
 }

@@ -10,7 +10,10 @@ interface of ``csrc/ops.cpp`` without the workspace):
 
 and the input projection of all steps, ``linear(x, w_ih, bias) -> gx``: torch's ``F.linear``,
 except on the CPU backend, whose ``fused_rnn::linear`` op runs its fp32 products on the
-library's own blocked GEMM (``csrc/cpu/blocked_gemm.h``).
+library's own blocked GEMM (``csrc/cpu/blocked_gemm.h``). The CPU backend also has
+``step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh) -> (h', c' or None)``, one step of a cell as
+one op call (``fused_rnn::{cell}_cell``: the projection and the recurrence composed in C++);
+the cells of the other backends run the layer path at T = 1.
 
 ``"cpu"`` and ``"cuda"`` are the compiled ops (``torch.ops.fused_rnn.*``), which the dispatcher
 routes by device; ``"triton"`` the ``*_triton`` ops; ``"reference"`` the plain PyTorch loops of
@@ -23,7 +26,7 @@ from __future__ import annotations
 import functools
 import importlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +45,7 @@ class Backend:
     rnn_tanh: Callable
     rnn_relu: Callable
     linear: Callable = F.linear
+    step: Optional[Callable] = None
 
     def cell(self, cell: str) -> Callable:
         return getattr(self, cell)
@@ -77,8 +81,20 @@ def _op_backend(name: str, suffix: str) -> Backend:
         return relu_op(gx, w_hh, h0, lengths, reverse)
 
     if name == "cpu":
-        return Backend(name, lstm, gru, rnn_tanh, rnn_relu, linear=ops.linear)
+        return Backend(name, lstm, gru, rnn_tanh, rnn_relu, linear=ops.linear, step=_cpu_step)
     return Backend(name, lstm, gru, rnn_tanh, rnn_relu)
+
+
+def _cpu_step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh):
+    """One step of a cell on the CPU backend: one op call. (h', c') with c' None but for LSTM."""
+    ops = torch.ops.fused_rnn
+    if cell == "lstm":
+        return ops.lstm_cell(input, h, c, w_ih, w_hh, b_ih, b_hh)
+    if cell == "gru":
+        return ops.gru_cell(input, h, w_ih, w_hh, b_ih, b_hh), None
+    if cell == "rnn_tanh":
+        return ops.rnn_tanh_cell(input, h, w_ih, w_hh, b_ih, b_hh), None
+    return ops.rnn_relu_cell(input, h, w_ih, w_hh, b_ih, b_hh), None
 
 
 _REFERENCE = Backend(

@@ -390,6 +390,8 @@ def _cell_step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh, backend, cast_dtype):
         b_ih = b_ih.to(cast_dtype) if b_ih is not None else None
         b_hh = b_hh.to(cast_dtype) if b_hh is not None else None
     impl = backends.resolve(backend, input.device, cell=cell)
+    if impl.step is not None:
+        return impl.step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh)
     _, h_new, c_new = _run_layer(
         impl, cell, input.unsqueeze(0), (w_ih, w_hh, b_ih, b_hh, None), h, c, None, False
     )

@@ -263,6 +263,44 @@ def test_backward_without_workspace_raises():
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_cell_ops_match_reference(cell):
+    """fused_rnn::{cell}_cell: one step from the input, as the cell modules of the CPU backend
+    run it, against the reference's T = 1 step on the projection; every gradient, with and
+    without biases."""
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    B, I, H = 3, 5, 4
+    for bias in (True, False):
+        torch.manual_seed(bias)
+        leaves = {"input": torch.randn(B, I, dtype=F64), "h": torch.randn(B, H, dtype=F64)}
+        if cell == "lstm":
+            leaves["c"] = torch.randn(B, H, dtype=F64)
+        leaves["w_ih"] = torch.randn(G * H, I, dtype=F64) * 0.5
+        leaves["w_hh"] = torch.randn(G * H, H, dtype=F64) * 0.5
+        if bias:
+            leaves["b_ih"], leaves["b_hh"] = torch.randn(G * H, dtype=F64), torch.randn(G * H, dtype=F64)
+        for leaf in leaves.values():
+            leaf.requires_grad_()
+        b_ih, b_hh = leaves.get("b_ih"), leaves.get("b_hh")
+        states = (leaves["h"], leaves["c"]) if cell == "lstm" else (leaves["h"],)
+        ours = getattr(ops, f"{cell}_cell")(leaves["input"], *states, leaves["w_ih"], leaves["w_hh"], b_ih, b_hh)
+        ours = ours if isinstance(ours, tuple) else (ours,)
+        bias_in = None if b_ih is None else (b_ih if cell == "gru" else b_ih + b_hh)
+        gx = torch.nn.functional.linear(leaves["input"], leaves["w_ih"], bias_in).unsqueeze(0)
+        t = {"gx": gx, "w_hh": leaves["w_hh"], "h0": leaves["h"], "w_hr": None,
+             "c0": leaves.get("c"), "b_hh": b_hh}
+        theirs = run_reference(cell, t, None, False)[1:]
+        theirs = tuple(x for x in theirs if x is not None)
+        seeds = [torch.randn_like(x) for x in ours]
+        grads = torch.autograd.grad(sum((o * s).sum() for o, s in zip(ours, seeds)), list(leaves.values()))
+        ref_grads = torch.autograd.grad(sum((o * s).sum() for o, s in zip(theirs, seeds)), list(leaves.values()))
+        for a, b in zip(list(ours) + list(grads), list(theirs) + list(ref_grads)):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    with pytest.raises(RuntimeError, match="give both b_ih and b_hh"):
+        getattr(ops, f"{cell}_cell")(leaves["input"], *states, leaves["w_ih"], leaves["w_hh"],
+                                     torch.zeros(G * H, dtype=F64), None)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_double_backward_is_refused(cell):
     """A graph through the backward ops (create_graph=True) is refused before they run, not
     differentiated wrongly by torch's fallback; the first derivative without a graph works."""
@@ -352,6 +390,17 @@ def _opcheck_samples():
         gx1, w1 = torch.randn(T, B, H), torch.randn(H, H)
         y, h_n = getattr(ops, f"rnn_{act}_forward")(gx1, w1, h0, lengths, False)
         samples.append((f"rnn_{act}_backward", (None, torch.randn_like(h_n), w1, h0, y, lengths, False)))
+    # the cells' one-step ops (linear + the recurrence, composed in C++), with and without biases
+    I = 5
+    for requires_grad in (False, True):
+        def leaf(*shape):
+            return torch.randn(*shape, dtype=torch.float32, requires_grad=requires_grad)
+
+        for bias in (True, False):
+            for cell, G in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
+                states = (leaf(B, H), leaf(B, H)) if cell == "lstm" else (leaf(B, H),)
+                biases = (leaf(G * H), leaf(G * H)) if bias else (None, None)
+                samples.append((f"{cell}_cell", (leaf(B, I), *states, leaf(G * H, I), leaf(G * H, H), *biases)))
     return samples
 
 

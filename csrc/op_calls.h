@@ -1,0 +1,36 @@
+// Calling the library's own ops from C++ through the dispatcher (so that every dispatch key,
+// autograd and tracing included, sees the call), shared by csrc/autograd.cpp and
+// csrc/cell_step.cpp.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <functional>
+#include <initializer_list>
+
+#include "op_common.h"
+
+namespace fused_rnn {
+
+// The typed handle of op `name` ("fused_rnn::..."); callers keep it in a static.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// Whether a call records a graph: grad mode on and an input that requires grad.
+inline bool records_graph(
+    std::initializer_list<std::reference_wrapper<const Tensor>> inputs,
+    std::initializer_list<std::reference_wrapper<const optional<Tensor>>> optionals = {}) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const Tensor& t : inputs) {
+    if (t.requires_grad()) return true;
+  }
+  for (const optional<Tensor>& t : optionals) {
+    if (has(t) && t->requires_grad()) return true;
+  }
+  return false;
+}
+
+}  // namespace fused_rnn
