@@ -211,7 +211,7 @@ using RnnBackwardOp = std::tuple<Tensor, Tensor, Tensor>(const optional<Tensor>&
                                                          const Tensor&, const Tensor&,
                                                          const optional<Tensor>&, bool);
 
-// Name: a type with `forward` and `backward`, the names of the two ops.
+// Name: RnnTanhOps or RnnReluOps (op_calls.h).
 template <typename Name>
 class RnnFunction : public torch::autograd::Function<RnnFunction<Name>> {
  public:
@@ -239,16 +239,6 @@ class RnnFunction : public torch::autograd::Function<RnnFunction<Name>> {
                 grad_or_none(s[3]), ctx->saved_data["reverse"].toBool());
     return {grad_gx, grad_w_hh, grad_h0, Tensor(), Tensor()};
   }
-};
-
-struct RnnTanhNames {
-  static constexpr const char* forward = "fused_rnn::rnn_tanh_forward";
-  static constexpr const char* backward = "fused_rnn::rnn_tanh_backward";
-};
-
-struct RnnReluNames {
-  static constexpr const char* forward = "fused_rnn::rnn_relu_forward";
-  static constexpr const char* backward = "fused_rnn::rnn_relu_backward";
 };
 
 template <typename Name>
@@ -291,8 +281,8 @@ TORCH_LIBRARY_IMPL(fused_rnn, Autograd, m) {
   m.impl("linear", &linear_autograd);
   m.impl("lstm_forward", &lstm_forward_autograd);
   m.impl("gru_forward", &gru_forward_autograd);
-  m.impl("rnn_tanh_forward", &rnn_forward_autograd<RnnTanhNames>);
-  m.impl("rnn_relu_forward", &rnn_forward_autograd<RnnReluNames>);
+  m.impl("rnn_tanh_forward", &rnn_forward_autograd<RnnTanhOps>);
+  m.impl("rnn_relu_forward", &rnn_forward_autograd<RnnReluOps>);
 }
 
 }  // namespace fused_rnn

@@ -56,7 +56,7 @@ Tensor gru_cell(const Tensor& input, const Tensor& h, const Tensor& w_ih, const 
   return std::get<1>(gru.call(gx, w_hh, b_hh, h, c10::nullopt, false, save));
 }
 
-// Name: a type with `forward` (the recurrence op) and `cell` (this op's name).
+// Name: RnnTanhOps or RnnReluOps (op_calls.h).
 template <typename Name>
 Tensor rnn_cell(const Tensor& input, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
                 const optional<Tensor>& b_ih, const optional<Tensor>& b_hh) {
@@ -67,23 +67,13 @@ Tensor rnn_cell(const Tensor& input, const Tensor& h, const Tensor& w_ih, const 
   return std::get<1>(rnn.call(gx, w_hh, h, c10::nullopt, false));
 }
 
-struct RnnTanhNames {
-  static constexpr const char* forward = "fused_rnn::rnn_tanh_forward";
-  static constexpr const char* cell = "fused_rnn::rnn_tanh_cell";
-};
-
-struct RnnReluNames {
-  static constexpr const char* forward = "fused_rnn::rnn_relu_forward";
-  static constexpr const char* cell = "fused_rnn::rnn_relu_cell";
-};
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fused_rnn, CompositeImplicitAutograd, m) {
   m.impl("lstm_cell", &lstm_cell);
   m.impl("gru_cell", &gru_cell);
-  m.impl("rnn_tanh_cell", &rnn_cell<RnnTanhNames>);
-  m.impl("rnn_relu_cell", &rnn_cell<RnnReluNames>);
+  m.impl("rnn_tanh_cell", &rnn_cell<RnnTanhOps>);
+  m.impl("rnn_relu_cell", &rnn_cell<RnnReluOps>);
 }
 
 }  // namespace fused_rnn

@@ -33,4 +33,17 @@ inline bool records_graph(
   return false;
 }
 
+// The op names of each Elman RNN, for the code templated on its nonlinearity.
+struct RnnTanhOps {
+  static constexpr const char* forward = "fused_rnn::rnn_tanh_forward";
+  static constexpr const char* backward = "fused_rnn::rnn_tanh_backward";
+  static constexpr const char* cell = "fused_rnn::rnn_tanh_cell";
+};
+
+struct RnnReluOps {
+  static constexpr const char* forward = "fused_rnn::rnn_relu_forward";
+  static constexpr const char* backward = "fused_rnn::rnn_relu_backward";
+  static constexpr const char* cell = "fused_rnn::rnn_relu_cell";
+};
+
 }  // namespace fused_rnn
