@@ -32,6 +32,17 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
+def _read_parameter(module: nn.Module, name: str) -> Optional[Tensor]:
+    """The tensor ``module`` holds under ``name``, read on every call so that
+    torch.func.functional_call and reassigned parameters are honoured: from ``_parameters``,
+    where both put it, else as an attribute (a parametrized weight). Module.__getattr__ is
+    slower than the dict, and for a name the module does not have it raises an AttributeError
+    that, even caught, slowed the rest of a one-step call by several microseconds: callers
+    ask only for names the module has."""
+    parameters = module._parameters
+    return parameters[name] if name in parameters else getattr(module, name)
+
+
 class _FusedRNNBase(nn.RNNBase):
     """The forward shared by LSTM, GRU and RNN: input forms (batched, unbatched, packed, padded
     with lengths), default and given states, then :mod:`fused_rnn.functional`."""
@@ -55,20 +66,10 @@ class _FusedRNNBase(nn.RNNBase):
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
 
     def _layer_weights(self) -> list[tuple[Optional[Tensor], ...]]:
-        """(w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction, read by name on every call
-        so that torch.func.functional_call and reassigned parameters are honoured: from
-        ``_parameters``, where both put them, else as attributes. Module.__getattr__ is not
-        asked for the names the module does not have (no bias, no projection): the
-        AttributeError it raises for them, even caught, slowed the rest of a one-step call by
-        several microseconds."""
-        parameters = self._parameters
+        """(w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction (None for what the module does
+        not have: no bias, no projection)."""
         return [
-            tuple(
-                None
-                if name is None
-                else (parameters[name] if name in parameters else getattr(self, name, None))
-                for name in names
-            )
+            tuple(None if name is None else _read_parameter(self, name) for name in names)
             for names in self._weight_names
         ]
 
@@ -219,12 +220,9 @@ class _FusedCellBase(nn.RNNCellBase):
         self.backend = _check_backend(backend)
 
     def _weights(self) -> tuple[Optional[Tensor], ...]:
-        """(weight_ih, weight_hh, bias_ih, bias_hh), read as _FusedRNNBase._layer_weights reads
-        a layer's (bias=False registers the biases as None)."""
-        parameters = self._parameters
+        """(weight_ih, weight_hh, bias_ih, bias_hh) (bias=False registers the biases as None)."""
         return tuple(
-            parameters[name] if name in parameters else getattr(self, name)
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            _read_parameter(self, name) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
         )
 
     def _batched(self, input: Tensor, hx, n_states: int):

@@ -42,12 +42,12 @@ inline optional<Tensor> to_compute(const optional<Tensor>& t) {
   return to_compute(*t);
 }
 
-// Pointer to an optional tensor's data, or nullptr.
 // An output computed in the compute dtype, in the op's storage dtype.
 inline Tensor to_storage(const Tensor& t, at::ScalarType storage) {
   return t.scalar_type() == storage ? t : t.to(storage);
 }
 
+// Pointer to an optional tensor's data, or nullptr.
 template <typename T>
 inline const T* data_or_null(const optional<Tensor>& t) {
   return has(t) ? t->data_ptr<T>() : nullptr;
@@ -77,7 +77,8 @@ constexpr int64_t kForwardPackedMaxRows = 256;
 constexpr int64_t kBackwardPackedMaxRows = 64;
 
 // The weight operand of a per-step product out[B, N] (+)= a[B, K] @ b[K, N], prepared once per
-// call: in fp32 with B <= max_packed_rows packed into panels for packed_gemm, else b itself
+// call: in fp32 with B <= max_packed_rows packed into panels for packed_gemm (or, for a single
+// step of a few rows, the weight rows read in place by rows_gemm: from_rows), else b itself
 // (a view is fine) for BLAS.
 class StepOperand {
  public:
@@ -97,7 +98,7 @@ class StepOperand {
     const bool fast = use_packed_gemm(weight_rows[0].scalar_type(), B, max_packed_rows);
     if (fast && uses == 1 && B <= kDirectMaxRows) {
       op.columns_ = weight_rows_pointers(weight_rows);
-      op.b_ = weight_rows[0];  // keeps the weight alive; K = its row length
+      op.b_ = weight_rows[0];  // keeps the weight's storage alive while columns_ point into it
     } else if (fast) {
       op.packed_gemm_ = true;
       op.packed_ = pack_gemm_operand_from_rows(weight_rows, B);
