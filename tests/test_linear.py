@@ -16,15 +16,16 @@ ops = torch.ops.fused_rnn
 # of 24 columns (72), 16 (88 = 3 * 24 + 16), 10 and 20 (edge tiles: 130, 260); k not a multiple
 # of 8 (70) and beyond one block of 256 with a partial block (600); so many k that b is packed
 # in two column blocks (5000 x 260), or in blocks of k (44000: more than 2^20 / 24); several
-# blocks of 128 rows per thread (1000). grad_w has a
-# transposed a, on the blocked GEMM from 1024 out_features (1030, with a partial sliver), and
-# grad_b is summed from its packed blocks: once per block of k, and only for the first of
-# several column blocks of x (2100 > 2048 in_features). From 8 to 255 rows the 2 threads split
-# the columns instead of the rows: 100 and 101 rows (a partial sliver) by 512 and 130 columns
-# (partial panels of 8 and 10 at the second thread's end), 9 rows by 100. BLAS: below 8 rows
-# (5), or a dimension below 64 (300 x 5).
+# blocks of 128 rows per thread (1000). grad_w has a transposed a, on the blocked GEMM from 1024
+# out_features (1030, with a partial sliver), whose rows of k are packed four at a time (303
+# rows leave 3 in the last block); grad_b is summed from its packed blocks: once per block of
+# k, and only for the first of several column blocks of x (2100 > 2048 in_features). From 8 to
+# 255 rows the 2 threads split the columns instead of the rows: 100 and 101 rows (a partial
+# sliver) by 512 and 130 columns (partial panels of 8 and 10 at the second thread's end), 9 rows
+# by 100. BLAS: below 8 rows (5), or a dimension below 64 (300 x 5).
 SHAPES = [
     (300, 70, 1030),
+    (303, 70, 1030),
     (260, 2100, 1024),
     (257, 70, 130),
     (300, 600, 72),
