@@ -236,6 +236,26 @@ def test_pickle_deepcopy_and_functional_call(cell):
     torch.testing.assert_close(old(x)[0], expected, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_torch_func_transforms(cell):
+    """vmap runs (torch's fallback: the ops once per mapped element) and matches torch.nn;
+    torch.func.grad is refused with torch's own error (the ops' autograd is a C++ Function, which
+    functorch does not take), never a wrong gradient."""
+    fused, reference = make_pair(cell, 3, 4)
+    xs = torch.randn(5, 4, 2, 3)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "There is a performance drop ... batching rule"
+        mapped = torch.func.vmap(lambda x: fused(x)[0])(xs)
+    torch.testing.assert_close(mapped, torch.stack([reference(x)[0] for x in xs]), atol=1e-5, rtol=1e-5)
+    params = {name: p.detach() for name, p in fused.named_parameters()}
+
+    def loss(params):
+        return torch.func.functional_call(fused, params, (xs[0],))[0].sum()
+
+    with pytest.raises(RuntimeError, match="functorch transforms"):
+        torch.func.grad(loss)(params)
+
+
 class _Doubled(torch.nn.Module):
     def forward(self, weight):
         return 2 * weight
