@@ -52,11 +52,13 @@ inline int64_t sliver_stride(int64_t kc) { return kc * kMr + 16; }
 
 typedef float float4_unaligned __attribute__((vector_size(16), aligned(4)));
 
-// The 4 floats at p, then the 4 at q, as one vector.
-inline __attribute__((always_inline)) float8 pair_of_quads(const float* p, const float* q) {
+// dst[0:4] = p[0:4], dst[4:8] = q[0:4], as one 8-float store. (Stored here rather than
+// returned: a returned 8-float vector changes the ABI of the baseline clone.)
+inline __attribute__((always_inline)) void store_pair_of_quads(float* dst, const float* p,
+                                                               const float* q) {
   const float4_unaligned lo = *reinterpret_cast<const float4_unaligned*>(p);
   const float4_unaligned hi = *reinterpret_cast<const float4_unaligned*>(q);
-  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+  *reinterpret_cast<float8*>(dst) = __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
 }
 
 // ap[s][k][r] (slivers sliver_stride(kc) apart) = a[s * kMr + r, k] for the mc x kc block at
@@ -80,7 +82,7 @@ inline __attribute__((always_inline)) void pack_a_block(const float* a, int64_t 
     // each sliver gets 16 contiguous floats ([k..k+3][kMr]) in two 8-float stores rather than
     // four 4-float ones: the packing stalled on its stores (grad_w of 1024 x 256 over 3200 rows
     // of k, 2 threads: 9.2 -> 8.9 ms).
-    static_assert(kMr == 4, "a sliver's row of k is one pair_of_quads half");
+    static_assert(kMr == 4, "a sliver's row of k is one half of store_pair_of_quads");
     int64_t k = 0;
     for (; k + 4 <= kc; k += 4) {
       const float* r0 = a + k * cs;
@@ -89,8 +91,8 @@ inline __attribute__((always_inline)) void pack_a_block(const float* a, int64_t 
       const float* r3 = r2 + cs;
       for (int64_t s = 0; s < full; ++s) {
         float* dst = ap + s * stride + k * kMr;
-        *reinterpret_cast<float8*>(dst) = pair_of_quads(r0 + s * kMr, r1 + s * kMr);
-        *reinterpret_cast<float8*>(dst + 8) = pair_of_quads(r2 + s * kMr, r3 + s * kMr);
+        store_pair_of_quads(dst, r0 + s * kMr, r1 + s * kMr);
+        store_pair_of_quads(dst + 8, r2 + s * kMr, r3 + s * kMr);
       }
     }
     for (; k < kc; ++k) {
