@@ -48,12 +48,14 @@ def _git(*args: str) -> str:
 @functools.cache
 def git_commit() -> str:
     """The checkout's commit, ``+dirty`` when tracked files differ from it; ``unknown`` when
-    fused_rnn is not running from a git checkout (an installed wheel)."""
+    fused_rnn is not running from a git checkout (an installed wheel). The benchmark's own
+    outputs (bench/results: the CSV and plots a previous run appended to) do not count: they
+    leave the measured code as it was."""
     if not os.path.isfile(os.path.join(_REPO, "csrc", "ops.cpp")):
         return "unknown"
     try:
         commit = _git("rev-parse", "--short=12", "HEAD")
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}+dirty" if dirty else commit
