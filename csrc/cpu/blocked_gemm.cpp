@@ -81,7 +81,7 @@ inline __attribute__((always_inline)) void pack_a_block(const float* a, int64_t 
     // a transposed (grad_gx^T): row k of the block is contiguous. Four rows at a time, so that
     // each sliver gets 16 contiguous floats ([k..k+3][kMr]) in two 8-float stores rather than
     // four 4-float ones: the packing stalled on its stores (grad_w of 1024 x 256 over 3200 rows
-    // of k, 2 threads: 9.2 -> 8.9 ms).
+    // of k, 2 threads: 9.2 -> 9.0 ms).
     static_assert(kMr == 4, "a sliver's row of k is one half of store_pair_of_quads");
     int64_t k = 0;
     for (; k + 4 <= kc; k += 4) {
