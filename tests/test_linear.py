@@ -22,7 +22,9 @@ ops = torch.ops.fused_rnn
 # k, and only for the first of several column blocks of x (2100 > 2048 in_features). From 8 to
 # 255 rows the 2 threads split the columns instead of the rows: 100 and 101 rows (a partial
 # sliver) by 512 and 130 columns (partial panels of 8 and 10 at the second thread's end), 9 rows
-# by 100. BLAS: below 8 rows (5), or a dimension below 64 (300 x 5).
+# by 100. A last panel of at most 8 columns (512, 100, 104) runs two slivers per tile: 9 rows
+# leave one sliver of 1 row after a pair, 133 rows (128 + 5) a pair whose second sliver has 1
+# row. BLAS: below 8 rows (5), or a dimension below 64 (300 x 5).
 SHAPES = [
     (300, 70, 1030),
     (303, 70, 1030),
@@ -35,6 +37,7 @@ SHAPES = [
     (100, 128, 512),
     (101, 70, 130),
     (9, 256, 100),
+    (133, 70, 104),
     (5, 128, 512),
     (300, 5, 70),
     (300, 70, 5),

@@ -171,31 +171,35 @@ inline __attribute__((always_inline)) void pack_b_block(const float* b, int64_t 
   }
 }
 
-// out[0:rows, 0:cols] = (add ? out : 0) + ap @ bp over kc (+ bias), for one sliver and the first
-// 8 * NV >= cols columns of one panel (fewer for the last panel: no work on its padding).
-template <int NV>
+// out[0:rows, 0:cols] = (add ? out : 0) + ap @ bp over kc (+ bias), for S slivers (S * kMr
+// rows, sliver i at ap + i * a_stride) and the first 8 * NV >= cols columns of one panel (fewer
+// for the last panel: no work on its padding). S = 2 is for a last panel of at most 8 columns:
+// one sliver would give it 4 accumulators, too few to hide the FMA latency.
+template <int NV, int S = 1>
 inline __attribute__((always_inline)) void tile_kernel(int64_t kc, const float* __restrict__ ap,
+                                                       int64_t a_stride,
                                                        const float* __restrict__ bp,
                                                        float* __restrict__ out, int64_t ldo,
                                                        int64_t rows, int64_t cols, bool add,
                                                        const float* __restrict__ bias) {
-  float8 acc[kMr][NV] = {};
+  constexpr int kRows = S * kMr;
+  float8 acc[kRows][NV] = {};
   for (int64_t k = 0; k < kc; ++k) {
     float8 w[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) w[v] = *reinterpret_cast<const float8*>(bp + k * kNr + 8 * v);
-#pragma GCC unroll 4
-    for (int m = 0; m < kMr; ++m) {
+#pragma GCC unroll 8
+    for (int m = 0; m < kRows; ++m) {
       // one vbroadcastss from memory (see packed_gemm_block)
-      const float x = ap[k * kMr + m];
+      const float x = ap[(m / kMr) * a_stride + k * kMr + m % kMr];
       const float8 am = {x, x, x, x, x, x, x, x};
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[m][v] += am * w[v];
     }
   }
-  if (rows == kMr && cols == 8 * NV) {
-#pragma GCC unroll 4
-    for (int m = 0; m < kMr; ++m) {
+  if (rows == kRows && cols == 8 * NV) {
+#pragma GCC unroll 8
+    for (int m = 0; m < kRows; ++m) {
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
         float8* o = reinterpret_cast<float8*>(out + m * ldo + 8 * v);
@@ -208,8 +212,8 @@ inline __attribute__((always_inline)) void tile_kernel(int64_t kc, const float* 
     return;
   }
   // An edge tile: through memory, only its valid part.
-  float tile[kMr][8 * NV];
-  for (int m = 0; m < kMr; ++m) {
+  float tile[kRows][8 * NV];
+  for (int m = 0; m < kRows; ++m) {
     for (int v = 0; v < NV; ++v) *reinterpret_cast<float8*>(&tile[m][8 * v]) = acc[m][v];
   }
   for (int64_t m = 0; m < rows; ++m) {
@@ -262,19 +266,27 @@ inline __attribute__((always_inline)) void gemm_rows_impl(
       for (int64_t p = 0; p * kNr < nc; ++p) {
         const int64_t n0 = jc + p * kNr, cols = std::min(kNr, nc - p * kNr);
         const float* panel = b_block + p * kc * kNr;
-        for (int64_t s = 0; s * kMr < mc; ++s) {
-          const int64_t rows = std::min(kMr, mc - s * kMr);
-          float* tile = out + (ic + s * kMr) * ldo + n0;
-          // the bias joins with the first block of k
-          const float* tile_bias = bias && pc == 0 ? bias + n0 : nullptr;
+        // the bias joins with the first block of k
+        const float* tile_bias = bias && pc == 0 ? bias + n0 : nullptr;
+        for (int64_t s = 0; s * kMr < mc;) {
           const float* sliver = ap + s * a_stride;
-          if (cols > 16) {
-            tile_kernel<3>(kc, sliver, panel, tile, ldo, rows, cols, add, tile_bias);
-          } else if (cols > 8) {
-            tile_kernel<2>(kc, sliver, panel, tile, ldo, rows, cols, add, tile_bias);
-          } else {
-            tile_kernel<1>(kc, sliver, panel, tile, ldo, rows, cols, add, tile_bias);
+          float* tile = out + (ic + s * kMr) * ldo + n0;
+          if (cols <= 8 && (s + 1) * kMr < mc) {
+            // a narrow last panel (N mod 24 = 8: N = 128, 512) takes two slivers at a time
+            const int64_t rows = std::min(2 * kMr, mc - s * kMr);
+            tile_kernel<1, 2>(kc, sliver, a_stride, panel, tile, ldo, rows, cols, add, tile_bias);
+            s += 2;
+            continue;
           }
+          const int64_t rows = std::min(kMr, mc - s * kMr);
+          if (cols > 16) {
+            tile_kernel<3>(kc, sliver, a_stride, panel, tile, ldo, rows, cols, add, tile_bias);
+          } else if (cols > 8) {
+            tile_kernel<2>(kc, sliver, a_stride, panel, tile, ldo, rows, cols, add, tile_bias);
+          } else {
+            tile_kernel<1>(kc, sliver, a_stride, panel, tile, ldo, rows, cols, add, tile_bias);
+          }
+          ++s;
         }
       }
     };
