@@ -39,8 +39,6 @@ Tensor saved_or_undefined(const optional<Tensor>& t) { return has(t) ? *t : Tens
 // fused_rnn::linear
 // ---------------------------------------------------------------------------------------------
 
-using LinearOp = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&);
-
 class LinearFunction : public torch::autograd::Function<LinearFunction> {
  public:
   static const c10::TypedOperatorHandle<LinearOp>& op() {
@@ -85,9 +83,6 @@ Tensor linear_autograd(const Tensor& input, const Tensor& weight, const optional
 // ---------------------------------------------------------------------------------------------
 
 using LstmOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
-using LstmForwardOp = LstmOutputs(const Tensor&, const Tensor&, const optional<Tensor>&,
-                                  const Tensor&, const Tensor&, const optional<Tensor>&, bool,
-                                  bool);
 
 class LstmFunction : public torch::autograd::Function<LstmFunction> {
  public:
@@ -145,10 +140,6 @@ LstmOutputs lstm_forward_autograd(const Tensor& gx, const Tensor& w_hh,
 // fused_rnn::gru_forward: saves w_hh, h0, y, the workspace (gates) and lengths.
 // ---------------------------------------------------------------------------------------------
 
-using GruForwardOp = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
-                                                        const optional<Tensor>&, const Tensor&,
-                                                        const optional<Tensor>&, bool, bool);
-
 class GruFunction : public torch::autograd::Function<GruFunction> {
  public:
   static const c10::TypedOperatorHandle<GruForwardOp>& op() {
@@ -204,8 +195,6 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_autograd(const Tensor& gx, const 
 // activation's derivative is taken from y).
 // ---------------------------------------------------------------------------------------------
 
-using RnnForwardOp = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                const optional<Tensor>&, bool);
 using RnnBackwardOp = std::tuple<Tensor, Tensor, Tensor>(const optional<Tensor>&,
                                                          const optional<Tensor>&, const Tensor&,
                                                          const Tensor&, const Tensor&,

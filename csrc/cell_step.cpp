@@ -14,8 +14,6 @@
 namespace fused_rnn {
 namespace {
 
-using LinearOp = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&);
-
 // gx [1, B, G*H] = input @ w_ih^T + bias, the projection of the single step.
 Tensor project(const Tensor& input, const Tensor& w_ih, const optional<Tensor>& bias) {
   static const auto linear = find_op<LinearOp>("fused_rnn::linear");
@@ -34,9 +32,7 @@ optional<Tensor> folded_bias(const optional<Tensor>& b_ih, const optional<Tensor
 std::tuple<Tensor, Tensor> lstm_cell(const Tensor& input, const Tensor& h, const Tensor& c,
                                      const Tensor& w_ih, const Tensor& w_hh,
                                      const optional<Tensor>& b_ih, const optional<Tensor>& b_hh) {
-  static const auto lstm = find_op<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-      const Tensor&, const Tensor&, const optional<Tensor>&, const Tensor&, const Tensor&,
-      const optional<Tensor>&, bool, bool)>("fused_rnn::lstm_forward");
+  static const auto lstm = find_op<LstmForwardOp>("fused_rnn::lstm_forward");
   check_biases("fused_rnn::lstm_cell", b_ih, b_hh);
   const Tensor gx = project(input, w_ih, folded_bias(b_ih, b_hh));
   const bool save = records_graph({gx, w_hh, h, c});
@@ -47,9 +43,7 @@ std::tuple<Tensor, Tensor> lstm_cell(const Tensor& input, const Tensor& h, const
 
 Tensor gru_cell(const Tensor& input, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
                 const optional<Tensor>& b_ih, const optional<Tensor>& b_hh) {
-  static const auto gru = find_op<std::tuple<Tensor, Tensor, Tensor>(
-      const Tensor&, const Tensor&, const optional<Tensor>&, const Tensor&,
-      const optional<Tensor>&, bool, bool)>("fused_rnn::gru_forward");
+  static const auto gru = find_op<GruForwardOp>("fused_rnn::gru_forward");
   check_biases("fused_rnn::gru_cell", b_ih, b_hh);
   const Tensor gx = project(input, w_ih, b_ih);
   const bool save = records_graph({gx, w_hh, h}, {b_hh});
@@ -60,8 +54,7 @@ Tensor gru_cell(const Tensor& input, const Tensor& h, const Tensor& w_ih, const 
 template <typename Name>
 Tensor rnn_cell(const Tensor& input, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
                 const optional<Tensor>& b_ih, const optional<Tensor>& b_hh) {
-  static const auto rnn = find_op<std::tuple<Tensor, Tensor>(
-      const Tensor&, const Tensor&, const Tensor&, const optional<Tensor>&, bool)>(Name::forward);
+  static const auto rnn = find_op<RnnForwardOp>(Name::forward);
   check_biases(Name::cell, b_ih, b_hh);
   const Tensor gx = project(input, w_ih, folded_bias(b_ih, b_hh));
   return std::get<1>(rnn.call(gx, w_hh, h, c10::nullopt, false));

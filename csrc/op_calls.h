@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <initializer_list>
+#include <tuple>
 
 #include "op_common.h"
 
@@ -18,6 +19,17 @@ template <typename Signature>
 c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
+
+// The C++ signatures of the forward ops (csrc/ops.cpp), for find_op.
+using LinearOp = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&);
+using LstmForwardOp = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const optional<Tensor>&, const Tensor&, const Tensor&,
+    const optional<Tensor>&, bool, bool);
+using GruForwardOp = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                        const optional<Tensor>&, const Tensor&,
+                                                        const optional<Tensor>&, bool, bool);
+using RnnForwardOp = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                const optional<Tensor>&, bool);
 
 // Whether a call records a graph: grad mode on and an input that requires grad.
 inline bool records_graph(
