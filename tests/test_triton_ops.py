@@ -262,12 +262,12 @@ def test_layouts(cell, layout, monkeypatch):
 def test_layout_selection_rules(monkeypatch):
     """The rule of triton_kernels/README.md, evaluated as on an H100 (132 SMs)."""
     monkeypatch.setattr(_layout, "_resident_programs", lambda device: 132)
-    monkeypatch.setattr(_layout, "interpreting", lambda: False)
     gpu = torch.device("cuda")
     lstm, gru = 4, 3
 
-    def layout(gates, B, H, dtype=torch.bfloat16):
-        chosen = _layout.choose_layout(gates, B, H, dtype, gpu)
+    def layout(gates, B, H, dtype=torch.bfloat16, grid_barrier=True, backward=False):
+        chosen = _layout.choose_layout(gates, B, H, dtype, gpu, grid_barrier=grid_barrier,
+                                       backward=backward)
         return (chosen.name, chosen.block_b, chosen.block_h, chosen.n_slices,
                 chosen.weights_resident)
 
@@ -275,26 +275,181 @@ def test_layout_selection_rules(monkeypatch):
     assert layout(lstm, 16, 64) == ("single", 16, 64, 1, True)
     assert layout(lstm, 1, 3) == ("single", 16, 16, 1, True)      # tl.dot needs 16 rows
     assert layout(lstm, 64 * 200, 64) == ("single", 16, 64, 1, True)
-    # Split hidden units, weights on chip, one persistent launch with a grid barrier.
-    assert layout(lstm, 16, 768) == ("persistent", 16, 16, 48, True)
-    # A 64-row tile would not leave shared memory for the slice: two 32-row tiles.
-    assert layout(gru, 64, 1024) == ("persistent", 32, 16, 64, True)
-    # Slices too large for the chip even at 16 units: streamed from L2.
+    # Split hidden units, weights on chip, one persistent launch with a grid barrier ...
+    assert layout(lstm, 16, 512) == ("persistent", 16, 16, 32, True)
+    # ... but the backward loads every gate's gradients whole: its weights are streamed.
+    assert layout(lstm, 16, 512, backward=True) == ("persistent", 16, 16, 32, False)
+    # An operand too large to load whole, slices too large for the chip: streamed from L2.
+    assert layout(lstm, 16, 768) == ("persistent", 16, 16, 48, False)
     assert layout(lstm, 16, 2048) == ("persistent", 16, 16, 128, False)
     assert layout(lstm, 16, 768, torch.float32) == ("persistent", 16, 16, 48, False)
-    # More batch than resident programs can cover: one launch per step.
-    assert layout(lstm, 1024, 768) == ("stepwise", 64, 16, 48, False)
+    # More batch than resident programs can cover with tiles whose accumulators fit: one
+    # launch per step.
+    assert layout(gru, 64, 1024) == ("stepwise", 16, 16, 64, False)
+    assert layout(lstm, 1024, 768) == ("stepwise", 16, 16, 48, False)
 
-    # The interpreter runs programs one after another: split units run stepwise there, and a
-    # forced persistent split is refused instead of deadlocking.
-    monkeypatch.setattr(_layout, "interpreting", lambda: True)
-    assert layout(lstm, 16, 768)[0] == "stepwise"
+    # Without a cooperative launch here and now (the interpreter, which runs programs one after
+    # another; graph capture): split units run stepwise, and a forced persistent split is
+    # refused instead of risking a barrier that never opens.
+    assert layout(lstm, 16, 768, grid_barrier=False)[0] == "stepwise"
     force_layout(monkeypatch, layout="persistent", block_h=16)
-    with pytest.raises(RuntimeError, match="needs a GPU"):
-        layout(lstm, 16, 40)
+    assert layout(lstm, 16, 40)[0] == "persistent"
+    with pytest.raises(RuntimeError, match="needs a cooperative launch"):
+        layout(lstm, 16, 40, grid_barrier=False)
     monkeypatch.setenv("FUSED_RNN_TRITON_BLOCK_H", "24")
     with pytest.raises(ValueError, match="power of two"):
         layout(lstm, 16, 40)
+
+
+def test_forced_blocks_keep_the_register_budget(monkeypatch):
+    """Forced slices get the largest batch tile whose accumulators fit (the budget the
+    automatic rule keeps), and a forced combination that fits none is refused, instead of
+    compiling a program that spills."""
+    monkeypatch.setattr(_layout, "_resident_programs", lambda device: 132)
+    gpu = torch.device("cuda")
+    force_layout(monkeypatch, layout="persistent", block_h=16)
+    chosen = _layout.choose_layout(4, 40, 96, torch.float32, gpu)
+    assert (chosen.block_b, chosen.block_h) == (16, 16)         # 32 rows would not fit
+    assert 4 * chosen.block_b * chosen.block_h * 4 <= _layout.SPLIT_ACCUMULATOR_BYTES
+    force_layout(monkeypatch, block_b=32)
+    with pytest.raises(ValueError, match="accumulators"):
+        _layout.choose_layout(4, 40, 96, torch.float32, gpu)
+    force_layout(monkeypatch, layout="single", block_b=16)
+    monkeypatch.delenv("FUSED_RNN_TRITON_BLOCK_H")
+    with pytest.raises(ValueError, match="accumulators"):
+        _layout.choose_layout(4, 40, 96, torch.float32, gpu)     # 4 x 16 x 128 fp32 > 16 KiB
+
+
+def test_grid_barrier_only_where_a_cooperative_launch_is_sure(monkeypatch):
+    """The interpreter and graph capture never get the spin barrier."""
+    from fused_rnn.triton_kernels import _launch
+
+    x = torch.zeros(2)
+    assert _launch.grid_barrier_allowed(x) is (not INTERPRET)
+    monkeypatch.setattr(_launch, "interpreting", lambda: False)
+    assert _launch.grid_barrier_allowed(x)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not _launch.grid_barrier_allowed(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the GPU machines' stack (torch 2.11, Triton 3.6) and a real GPU would show, checked here.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_launch_never_hands_interpreted_kernels_to_wrap_triton(monkeypatch):
+    """torch 2.11's wrap_triton refuses the interpreter's kernel objects (2.14's passes them
+    through): the launcher must not give them to it."""
+    from triton.runtime.jit import JITFunction
+
+    from fused_rnn.triton_kernels import _launch
+
+    real_wrap = _launch.wrap_triton
+
+    def wrap_triton_of_torch_2_11(kernel):
+        if not isinstance(kernel, JITFunction):
+            raise RuntimeError("wrap_triton only works on functions annotated with triton.jit")
+        return real_wrap(kernel)
+
+    monkeypatch.setattr(_launch, "wrap_triton", wrap_triton_of_torch_2_11)
+    check_cell("gru", T=3, B=2, H=5, lengths=None)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_stepwise_keeps_state_in_fp32(cell, monkeypatch):
+    """The stepwise layout carries h, c, dh and dc between its launches in fp32, as the other
+    layouts carry them in registers: in bf16 it equals the one-program layout that exchanges
+    the same operand within one launch, bit for bit (rounding the state to bf16 after every
+    step, as it once did, moves the results by bf16's resolution)."""
+    T, B, H = 7, 5, 12
+    lengths = lengths_for("cpu", T, B)
+    inputs = make_inputs(cell, T, B, H, torch.bfloat16)
+    cotangents = cotangents_for(output_shapes(cell, T, B, H))
+
+    def run(**layout):
+        force_layout(monkeypatch, weights="streamed", block_k=16, **layout)
+        return outputs_and_grads(lambda x: triton_call(cell, x, lengths, True), inputs, cotangents)
+
+    one_launch = run(layout="single")
+    stepwise = run(layout="stepwise", block_h=16)           # H_PAD = 16: one program per tile
+    assert _layout.choose_layout(GATES[cell], B, H, torch.bfloat16, DEVICE).name == "stepwise"
+    for a, b in zip(one_launch[0], stepwise[0]):
+        assert torch.equal(a, b)
+    for name in one_launch[1]:
+        assert torch.equal(one_launch[1][name], stepwise[1][name]), name
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_non_contiguous_lengths(cell):
+    """Lengths that live on the kernels' device but with a stride are made contiguous (the
+    kernels index them with stride 1)."""
+    T, B, H = 5, 4, 12
+    every_other = torch.tensor([5, 99, 0, 99, 3, 99, 4, 99])[::2]
+    assert not every_other.is_contiguous()
+    inputs = make_inputs(cell, T, B, H)
+    expected = reference_call(cell, as_fp64(inputs), every_other, False)
+    actual = triton_call(cell, inputs, every_other.to(DEVICE), False)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a.double(), e, atol=2e-5, rtol=0)
+
+
+def test_launches_on_the_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device: the launcher makes it the tensors' device
+    (a model on cuda:1 without torch.cuda.set_device). Checked with a stand-in kernel and a
+    recording device guard."""
+    from fused_rnn.triton_kernels import _launch
+
+    current = []
+
+    class RecordingGuard:
+        def __init__(self, device):
+            self.device = torch.device(device)
+
+        def __enter__(self):
+            current.append(self.device)
+
+        def __exit__(self, *exc):
+            current.pop()
+
+    launched_on = []
+
+    class StandInKernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launched_on.append(current[-1] if current else None)
+
+    monkeypatch.setattr(torch.cuda, "device", RecordingGuard)
+    monkeypatch.setattr(_launch, "wrap_triton", lambda kernel: kernel)
+    monkeypatch.setattr(_launch, "interpreting", lambda: False)
+    layout = _layout.Layout("single", 16, 16, 16, 16, True, 1, 1, 4)
+    cuda1 = torch.device("cuda", 1)
+
+    class OnCuda1(torch.Tensor):
+        device = cuda1
+
+    like = torch.zeros(2, 3).as_subclass(OnCuda1)
+    monkeypatch.setattr(_launch, "is_fake", lambda t: False)
+    _launch.launch_recurrence(StandInKernel(), layout, (torch.zeros(1),), 3, 2, 3, like, {})
+    assert launched_on == [cuda1]
+
+
+def test_stuck_grid_barrier_raises(monkeypatch):
+    """A grid barrier that cannot complete (here: counters that can never reach their target)
+    gives up after MAX_POLLS polls, sets the status word, and the op raises, never hangs."""
+    import triton.language as tl
+
+    from fused_rnn.triton_kernels import _barrier, _launch, rnn
+
+    def unreachable_barrier_words(layout, like):
+        words = _launch.barrier_words(layout, like)
+        words[:-1] = -(1 << 30)
+        return words
+
+    monkeypatch.setattr(_barrier, "MAX_POLLS", tl.constexpr(8))
+    monkeypatch.setattr(rnn, "barrier_words", unreachable_barrier_words)
+    force_layout(monkeypatch, layout="persistent")       # one program per tile: runs here
+    inputs = make_inputs("rnn_tanh", 3, 2, 8)
+    with pytest.raises(RuntimeError, match="grid barrier of the persistent layout did not"):
+        triton_call("rnn_tanh", inputs, None, False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,11 +654,11 @@ def test_interpreter_refuses_graph_capture():
 
 GPU_LAYOUTS = {
     "single": dict(layout="single"),
-    "single-streamed": dict(layout="single", weights="streamed", block_k=32),
+    "single-streamed": dict(layout="single", weights="streamed", block_k=16),
     # Several programs per batch tile, resident weights, grid barrier every step.
     "persistent": dict(layout="persistent", block_h=16),
-    "persistent-streamed": dict(layout="persistent", block_h=32, weights="streamed", block_k=64),
-    "stepwise": dict(layout="stepwise", block_h=32),
+    "persistent-streamed": dict(layout="persistent", block_h=16, weights="streamed", block_k=64),
+    "stepwise": dict(layout="stepwise", block_h=16),
 }
 GPU_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -522,9 +677,10 @@ def test_gpu_layouts(cell, layout, dtype, monkeypatch):
     force_layout(monkeypatch, **GPU_LAYOUTS[layout])
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     kwargs = dict(atol=5e-5) if dtype == "fp32" else dict(factor=8)
-    # H=56 keeps the whole w_hh within the single layout's budget (h in registers) and gives
-    # several 16-row batch tiles; H=96 splits into 6 or 3 slices.
-    H = 56 if layout == "single" else 96
+    # H=24 keeps the whole w_hh within the single layout's budget in every dtype (h in
+    # registers) and gives several batch tiles; H=96 splits into 6 slices. These are the
+    # layouts compile_check compiles as "test_gpu_layouts".
+    H = 24 if layout.startswith("single") else 96
     check_cell(cell, T=24, B=40, H=H, reverse=True, lengths="device", dtype=GPU_DTYPES[dtype],
                **kwargs)
 

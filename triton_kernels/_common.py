@@ -31,16 +31,20 @@ def dot(a, b, acc, TF32: tl.constexpr, UPCAST: tl.constexpr):
     tensor cores as they are, fp32 ones as TF32 only when TF32 is set (torch's
     allow_tf32 for matmuls), else in full fp32.
 
+    ``out_dtype`` is the accumulator's: Triton 3.6 defaults it to fp32 and asserts that an
+    fp64 accumulator matches it (3.8 follows the accumulator).
+
     UPCAST: multiply in fp32 instead of the operands' own dtype. Only the interpreter sets it,
     for bf16, which its tl.dot mishandles; the products of bf16 numbers are exact in fp32, so
     the result is the one a bf16 tensor-core dot with fp32 accumulation gives.
     """
     if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee",
+                      out_dtype=acc.dtype)
     elif TF32:
-        return tl.dot(a, b, acc, input_precision="tf32")
+        return tl.dot(a, b, acc, input_precision="tf32", out_dtype=acc.dtype)
     else:
-        return tl.dot(a, b, acc, input_precision="ieee")
+        return tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc.dtype)
 
 
 @triton.jit
@@ -153,12 +157,23 @@ def streamed_product(
     UPCAST: tl.constexpr,
 ):
     """acc + operand @ w-tile with both read per step in BLOCK_K slices: the path for weight
-    slices too large to stay on chip (they are re-read from L2 every step)."""
-    for k0 in range(0, H_PAD, BLOCK_K):
-        a = load_operand(src_ptr, ROW_STRIDE, offs_row, k0, BLOCK_K, SPLIT_K)
-        w = load_weight_tile(w_ptr, k0, offs_j, mask_j, H, TRANSPOSED, BLOCK_K, SPLIT_K)
+    slices too large to stay on chip (they are re-read from L2 every step).
+
+    The slice loop is not software-pipelined (num_stages=1): Triton's pipeliner would turn the
+    operand's loads into cp.async copies, and those under 16 bytes into cp.async.ca, which
+    reads through this SM's L1, not coherent with the other programs' writes. The next slice
+    is prefetched into registers instead (plain loads, the operand's with .cg) while the
+    current one is multiplied.
+    """
+    a = load_operand(src_ptr, ROW_STRIDE, offs_row, 0, BLOCK_K, SPLIT_K)
+    w = load_weight_tile(w_ptr, 0, offs_j, mask_j, H, TRANSPOSED, BLOCK_K, SPLIT_K)
+    for k0 in tl.range(BLOCK_K, H_PAD, BLOCK_K, num_stages=1):
+        a_next = load_operand(src_ptr, ROW_STRIDE, offs_row, k0, BLOCK_K, SPLIT_K)
+        w_next = load_weight_tile(w_ptr, k0, offs_j, mask_j, H, TRANSPOSED, BLOCK_K, SPLIT_K)
         acc = product(a, w, acc, TF32, UPCAST, SPLIT_K)
-    return acc
+        a = a_next
+        w = w_next
+    return product(a, w, acc, TF32, UPCAST, SPLIT_K)
 
 
 @triton.jit

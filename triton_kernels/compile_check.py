@@ -1,30 +1,46 @@
-"""Compiles the kernels for an NVIDIA target on a machine without a GPU.
+"""Compiles the kernels for an NVIDIA target on a machine without a GPU, and checks what the
+interpreter cannot see.
 
 The interpreter runs the kernels' Python, not the compiler: a kernel can pass every interpreter
-test and still fail to compile, overflow shared memory or spill registers. This compiles each
-kernel in the layouts the selection rule picks (triton_kernels/_layout.py, with the SM count of
-an H100) down to machine code with the ptxas Triton ships, and reports registers, spills and
-shared memory. It needs no GPU and no CUDA driver, but must run without TRITON_INTERPRET.
+test and still fail to compile (Triton 3.6 refuses an fp64 ``tl.dot`` that 3.8 takes), overflow
+shared memory, spill registers, or lose a memory-ordering guarantee (Triton 3.6 deletes an
+acquire whose result is unused; its pipeliner turns small loads into ``cp.async.ca``, which
+reads through L1). This compiles each kernel, in the layouts the selection rule picks
+(triton_kernels/_layout.py, with the SM count of an H100) and in the layouts the GPU tests
+force, down to machine code with the ptxas the installed Triton ships, and checks:
 
-    python -m fused_rnn.triton_kernels.compile_check            # the full table
-    python -m fused_rnn.triton_kernels.compile_check --quick    # what the tests run
+* it compiles, and its shared memory fits a block (227 KiB on sm_90);
+* no register spills in a layout the automatic rule picks (forced layouts are reported);
+* every kernel with a grid barrier (the persistent layout) has the barrier's release add and
+  its acquire in its PTX;
+* no kernel that reads an exchange buffer (an operand other programs wrote) has a ``cp.async``
+  copy, so that nothing reads that buffer through L1; its loads are ``ld.global.cg``;
+* every kernel leaves the per-call integers (T, B, the step range) unspecialised.
 
-Exit status 1 when a kernel fails to compile or needs more shared memory than a block has.
+It needs no GPU and no CUDA driver, but must run without TRITON_INTERPRET.
+
+    python -m fused_rnn.triton_kernels.compile_check                # the full table
+    python -m fused_rnn.triton_kernels.compile_check --table layouts  # one row per layout
+    python -m fused_rnn.triton_kernels.compile_check --table quick  # what the tests run
+
+Exit status 1 when any check fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import io
 import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
 
 import torch
 
 from . import _launch, _layout, gru, lstm, rnn
+from ._barrier import SYNC_GRID
 
 #: Shared memory one block may have on sm_90 (H100/H200).
 SHARED_MEMORY_LIMIT = 227 * 1024
@@ -32,33 +48,114 @@ H100_SMS = 132
 
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
                  torch.float64: "fp64"}
+_LAYOUT_VARIABLES = ("LAYOUT", "WEIGHTS", "BLOCK_H", "BLOCK_B", "BLOCK_K")
 
-#: cell -> (gates, forward kernel, backward kernel, forward constexprs, backward constexprs)
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+    """A cell's kernels and their constexpr flags, all on (``flags=True``) or all off."""
+
+    gates: int
+    forward: object
+    backward: object
+    forward_flags: tuple[str, ...]
+    backward_flags: tuple[str, ...]
+    fixed: dict = dataclasses.field(default_factory=dict)   # flags the cell decides (RELU)
+
+    def constexprs(self, direction: str, on: bool) -> dict:
+        names = self.forward_flags if direction == "forward" else self.backward_flags
+        return dict({name: on for name in names}, **self.fixed)
+
+
 KERNELS = {
-    "lstm": (4, lstm.lstm_forward_kernel, lstm.lstm_backward_kernel,
-             dict(REVERSE=True, HAS_LENGTHS=True, SAVE=True),
-             dict(REVERSE=True, HAS_LENGTHS=True, HAS_DY=True)),
-    "gru": (3, gru.gru_forward_kernel, gru.gru_backward_kernel,
-            dict(REVERSE=True, HAS_LENGTHS=True, HAS_BIAS=True, SAVE=True),
-            dict(REVERSE=True, HAS_LENGTHS=True, HAS_DY=True)),
-    "rnn_tanh": (1, rnn.rnn_forward_kernel, rnn.rnn_backward_kernel,
-                 dict(RELU=False, REVERSE=True, HAS_LENGTHS=True),
-                 dict(RELU=False, REVERSE=True, HAS_LENGTHS=True, HAS_DY=True)),
+    "lstm": Kernels(4, lstm.lstm_forward_kernel, lstm.lstm_backward_kernel,
+                    ("REVERSE", "HAS_LENGTHS", "SAVE"), ("REVERSE", "HAS_LENGTHS", "HAS_DY")),
+    "gru": Kernels(3, gru.gru_forward_kernel, gru.gru_backward_kernel,
+                   ("REVERSE", "HAS_LENGTHS", "HAS_BIAS", "SAVE"),
+                   ("REVERSE", "HAS_LENGTHS", "HAS_DY")),
+    "rnn_tanh": Kernels(1, rnn.rnn_forward_kernel, rnn.rnn_backward_kernel,
+                        ("REVERSE", "HAS_LENGTHS"), ("REVERSE", "HAS_LENGTHS", "HAS_DY"),
+                        dict(RELU=False)),
+    "rnn_relu": Kernels(1, rnn.rnn_forward_kernel, rnn.rnn_backward_kernel,
+                        ("REVERSE", "HAS_LENGTHS"), ("REVERSE", "HAS_LENGTHS", "HAS_DY"),
+                        dict(RELU=True)),
 }
 
-#: (B, H, dtype, forced layout variables) of the full table; QUICK is the tests' subset.
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One row of the table: a call's sizes and dtype, TF32 for fp32 products, the kernels'
+    flags (all on or all off), and the layout variables a GPU test forces (none: the
+    automatic rule, whose layouts must not spill)."""
+
+    B: int
+    H: int
+    dtype: torch.dtype
+    tf32: bool = False
+    flags: bool = True
+    forced: tuple = ()                # (("LAYOUT", "single"), ...)
+    note: str = ""
+
+    @property
+    def automatic(self) -> bool:
+        return not self.forced
+
+
+def _forced(**variables) -> tuple:
+    return tuple((k.upper(), str(v)) for k, v in variables.items())
+
+
+# The layouts tests/test_triton_ops.py forces on a GPU (GPU_LAYOUTS, test_gpu_tf32,
+# test_gpu_torch_compile_fullgraph), at their sizes.
+_TEST_LAYOUTS = {
+    "single": (24, _forced(layout="single")),
+    "single-streamed": (24, _forced(layout="single", weights="streamed", block_k=16)),
+    "persistent": (96, _forced(layout="persistent", block_h=16)),
+    "persistent-streamed": (96, _forced(layout="persistent", block_h=16, weights="streamed",
+                                        block_k=64)),
+    "stepwise": (96, _forced(layout="stepwise", block_h=16)),
+}
+
+bf16, fp16, fp32, fp64 = torch.bfloat16, torch.float16, torch.float32, torch.float64
+
+#: Every dtype, TF32 on and off, each flag both ways, every layout the rule picks, every
+#: layout the GPU tests force.
 FULL = [
-    (16, 64, torch.bfloat16, {}),            # single: h in registers
-    (16, 768, torch.bfloat16, {}),           # persistent, resident weights, grid barrier
-    (64, 1024, torch.bfloat16, {}),          # persistent, two batch tiles
-    (16, 2048, torch.bfloat16, {}),          # persistent, weights streamed from L2
-    (1000, 200, torch.bfloat16, {}),         # stepwise, 64-row tiles (wgmma)
-    (16, 768, torch.float16, {}),
-    (16, 768, torch.float32, {}),            # fp32: streamed, TF32 dots
-    (20, 48, torch.float64, {}),
-    (20, 56, torch.bfloat16, dict(LAYOUT="single", WEIGHTS="streamed", BLOCK_K="32")),  # bar.sync
+    Config(16, 64, bf16, note="single: h in registers"),
+    Config(16, 64, fp32, flags=False, note="single, fp32"),
+    Config(16, 768, bf16, note="persistent, resident weights, grid barrier"),
+    Config(16, 768, bf16, flags=False),
+    Config(64, 1024, bf16, flags=False, note="persistent, two batch tiles"),
+    Config(16, 2048, bf16, note="persistent, weights streamed from L2"),
+    Config(64, 2048, bf16, flags=False, note="the GPU tests' large automatic layouts"),
+    Config(130, 300, bf16),
+    Config(1000, 200, bf16, flags=False, note="stepwise, 64-row tiles (wgmma)"),
+    Config(16, 768, fp16),
+    Config(16, 768, fp32, tf32=True, note="fp32, TF32 products"),
+    Config(16, 768, fp32, flags=False, note="fp32, full-precision products (the default)"),
+    Config(20, 48, fp64, note="fp64"),
+    Config(16, 768, fp64, flags=False),
+    Config(24, 64, fp32, tf32=True, forced=_forced(layout="persistent", block_h=16),
+           note="test_gpu_tf32"),
+    Config(20, 64, bf16, forced=_forced(layout="persistent", block_h=16),
+           note="test_gpu_torch_compile_fullgraph"),
+] + [
+    Config(40, H, dtype, flags=on, forced=forced, note=f"test_gpu_layouts {name}")
+    for name, (H, forced) in _TEST_LAYOUTS.items()
+    for dtype, on in ((fp32, True), (bf16, False), (fp16, True))
 ]
-QUICK = [FULL[0], FULL[1]]
+
+#: One row per layout kind, both flag settings, fp32 with and without TF32, fp64: the subset
+#: for a second Triton version when time forbids the full table twice.
+LAYOUTS = [FULL[i] for i in (0, 2, 3, 5, 8, 10, 11, 12)] + [
+    Config(40, H, fp32, flags=False, forced=forced, note=f"test_gpu_layouts {name}")
+    for name, (H, forced) in _TEST_LAYOUTS.items()
+]
+
+#: What the tests compile.
+QUICK = [FULL[0], FULL[2]]
+
+TABLES = {"full": FULL, "layouts": LAYOUTS, "quick": QUICK}
 
 
 def _signature(kernel, dtype: torch.dtype, constexprs: dict) -> tuple[dict, dict]:
@@ -75,101 +172,161 @@ def _signature(kernel, dtype: torch.dtype, constexprs: dict) -> tuple[dict, dict
     return types, attrs
 
 
-def _ptxas_report(ptx: str, arch: int) -> dict:
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    ptxas = get_ptxas(arch).path
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(ptx)
-    try:
-        result = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{arch}a", f.name, "-o", os.devnull],
-                                capture_output=True, text=True, check=True)
-    finally:
-        os.unlink(f.name)
-    text = result.stdout + result.stderr
-    registers = re.search(r"Used (\d+) registers", text)
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+def _ptxas_report(log: str) -> dict:
+    registers = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     return dict(registers=int(registers.group(1)) if registers else -1,
                 spill_bytes=int(spills.group(1)) + int(spills.group(2)) if spills else 0)
 
 
 def compile_kernel(kernel, layout: _layout.Layout, dtype: torch.dtype, constexprs: dict,
-                   arch: int = 90) -> dict:
-    """Compiles one kernel; returns registers, spill_bytes and shared_bytes."""
+                   arch: int = 90, tf32: bool = False) -> dict:
+    """Compiles one kernel; returns its ptx, registers, spill_bytes and shared_bytes. The
+    register report is ptxas's own from Triton's compilation (its flags differ between Triton
+    versions), so the kernel is always compiled afresh, never taken from Triton's cache."""
     import triton
+    from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     constexprs = dict(constexprs, **_launch.layout_constexprs(layout, dtype))
     constexprs["UPCAST"] = False        # a GPU multiplies bf16 itself
+    constexprs["TF32"] = tf32 and dtype == torch.float32
     types, attrs = _signature(kernel, dtype, constexprs)
     names = kernel.arg_names
     source = ASTSource(fn=kernel, signature=types, attrs=attrs,
                        constexprs={(names.index(k),): v for k, v in constexprs.items()})
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=layout.num_warps))
-    report = _ptxas_report(compiled.asm["ptx"], arch)
+    options = _launch.launch_options(layout)
+    log = io.StringIO()
+    with knobs.compilation.scope(), knobs.nvidia.scope():
+        knobs.compilation.always_compile = True
+        knobs.nvidia.dump_ptxas_log = True
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    report = _ptxas_report(log.getvalue())
     report["shared_bytes"] = compiled.metadata.shared
+    report["ptx"] = compiled.asm["ptx"]
     return report
 
 
+def memory_ordering_problems(ptx: str, layout: _layout.Layout) -> list[str]:
+    """What the PTX of a kernel in ``layout`` lacks for its exchange to be correct."""
+    problems = []
+    if layout.sync == SYNC_GRID:
+        if not re.search(r"\batom\.[\w.]*release[\w.]*\.add\b|\bred\.[\w.]*release", ptx):
+            problems.append("no release add in the grid barrier")
+        if not re.search(r"\b(ld|atom)\.[\w.]*acquire", ptx):
+            problems.append("no acquire in the grid barrier")
+    if not layout.operand_in_registers:
+        if re.search(r"\bcp\.async\.", ptx):
+            problems.append("cp.async copies in a kernel that reads an exchange buffer")
+        if not re.search(r"\bld\.global\.cg\b", ptx):
+            problems.append("no ld.global.cg: the exchange buffer is read some other way")
+    return problems
+
+
+def specialisation_problems() -> list[str]:
+    """Kernels that would specialise on integers that change from call to call."""
+    problems = []
+    for cell, kernels in KERNELS.items():
+        for kernel in (kernels.forward, kernels.backward):
+            unspecialised = [p.name for p in kernel.params if p.do_not_specialize]
+            if unspecialised != _launch.PER_CALL_INTEGERS:
+                problems.append(f"{kernel.fn.__name__}: do_not_specialize is {unspecialised}, "
+                                f"expected {_launch.PER_CALL_INTEGERS}")
+    return problems
+
+
+def _label(cell: str, direction: str, config: Config, layout: _layout.Layout) -> str:
+    dtype = _TRITON_TYPES[config.dtype] + ("+tf32" if config.tf32 else "")
+    flags = "flags-on " if config.flags else "flags-off"
+    return (f"{cell:8s} {direction:8s} B={config.B:<5d} H={config.H:<5d} {dtype:9s} {flags} "
+            f"{layout.name:10s} block_b={layout.block_b:<3d} block_h={layout.block_h:<4d} "
+            f"slices={layout.n_slices:<4d} "
+            f"{'resident' if layout.weights_resident else 'streamed'} warps={layout.num_warps}"
+            f"{'' if config.automatic else ' (forced)'}")
+
+
+def _check(cell: str, direction: str, config: Config, arch: int, out) -> bool:
+    kernels = KERNELS[cell]
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = config.tf32     # the rule reads it, as a call
+        layout = _layout.choose_layout(kernels.gates, config.B, config.H, config.dtype,
+                                       torch.device("cuda"), backward=direction == "backward")
+    except (ValueError, RuntimeError) as error:
+        print(f"{cell:8s} {direction:8s} B={config.B:<5d} H={config.H:<5d} {config.forced}: "
+              f"FAILED to choose a layout: {error}", file=out, flush=True)
+        return False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    kernel = kernels.forward if direction == "forward" else kernels.backward
+    label = _label(cell, direction, config, layout)
+    start = time.time()
+    try:
+        r = compile_kernel(kernel, layout, config.dtype,
+                           kernels.constexprs(direction, config.flags), arch, config.tf32)
+    except Exception as error:  # noqa: BLE001 (reported, then failed)
+        message = str(error).strip().splitlines()
+        print(f"{label}: FAILED {type(error).__name__}: {message[-1] if message else ''}",
+              file=out, flush=True)
+        return False
+    problems = memory_ordering_problems(r["ptx"], layout)
+    if r["shared_bytes"] > SHARED_MEMORY_LIMIT:
+        problems.append(f"{r['shared_bytes'] // 1024} KiB of shared memory > the limit")
+    if r["spill_bytes"] and config.automatic:
+        problems.append("register spills in a layout the automatic rule picks")
+    print(f"{label}: {r['registers']} registers, {r['spill_bytes']} B spilled, "
+          f"{r['shared_bytes'] // 1024} KiB shared ({time.time() - start:.0f} s)"
+          + "".join(f"\n    FAILED: {p}" for p in problems), file=out, flush=True)
+    return not problems
+
+
 def run(configs, cells=tuple(KERNELS), arch: int = 90, out=sys.stdout) -> bool:
-    """Compiles every kernel of ``cells`` in each config; prints a table; True if all fit."""
-    layout_vars = [f"FUSED_RNN_TRITON_{v}" for v in ("LAYOUT", "WEIGHTS", "BLOCK_H", "BLOCK_B",
-                                                   "BLOCK_K")]
-    saved = {v: os.environ.pop(v, None) for v in layout_vars}
+    """Compiles every kernel of ``cells`` in each config; prints a table; True if all pass."""
+    saved = {v: os.environ.pop(f"FUSED_RNN_TRITON_{v}", None) for v in _LAYOUT_VARIABLES}
     resident_programs, _layout._resident_programs = _layout._resident_programs, (
         lambda device: H100_SMS)
-    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
     ok = True
+    for problem in specialisation_problems():
+        print(f"FAILED: {problem}", file=out)
+        ok = False
+    failures = 0
     try:
-        for B, H, dtype, forced in configs:
-            for variable in layout_vars:
-                os.environ.pop(variable, None)
-            os.environ.update({f"FUSED_RNN_TRITON_{k}": v for k, v in forced.items()})
+        for config in configs:
+            for variable in _LAYOUT_VARIABLES:
+                os.environ.pop(f"FUSED_RNN_TRITON_{variable}", None)
+            os.environ.update({f"FUSED_RNN_TRITON_{k}": v for k, v in config.forced})
             for cell in cells:
-                gates, forward, backward, forward_consts, backward_consts = KERNELS[cell]
-                layout = _layout.choose_layout(gates, B, H, dtype, torch.device("cuda"))
-                for direction, kernel, consts in (("forward", forward, forward_consts),
-                                                  ("backward", backward, backward_consts)):
-                    start = time.time()
-                    label = (f"{cell:8s} {direction:8s} B={B:<5d} H={H:<5d} "
-                             f"{_TRITON_TYPES[dtype]} {layout.name:10s} block_b={layout.block_b:<3d}"
-                             f" block_h={layout.block_h:<4d} slices={layout.n_slices:<4d} "
-                             f"{'resident' if layout.weights_resident else 'streamed'} "
-                             f"warps={layout.num_warps}")
-                    try:
-                        r = compile_kernel(kernel, layout, dtype, consts, arch)
-                    except Exception as error:  # noqa: BLE001 (reported, then failed)
-                        ok = False
-                        print(f"{label}: FAILED {type(error).__name__}: {error}", file=out)
-                        continue
-                    fits = r["shared_bytes"] <= SHARED_MEMORY_LIMIT
-                    ok &= fits
-                    print(f"{label}: {r['registers']} registers, {r['spill_bytes']} B spilled, "
-                          f"{r['shared_bytes'] // 1024} KiB shared"
-                          f"{'' if fits else ' > LIMIT'} ({time.time() - start:.0f} s)",
-                          file=out, flush=True)
+                for direction in ("forward", "backward"):
+                    if not _check(cell, direction, config, arch, out):
+                        failures += 1
     finally:
         _layout._resident_programs = resident_programs
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
         for variable, value in saved.items():
-            os.environ.pop(variable, None)
+            os.environ.pop(f"FUSED_RNN_TRITON_{variable}", None)
             if value is not None:
-                os.environ[variable] = value
-    return ok
+                os.environ[f"FUSED_RNN_TRITON_{variable}"] = value
+    import triton
+
+    print(f"compile_check: Triton {triton.__version__}, sm_{arch}: "
+          f"{len(configs) * len(cells) * 2} kernels, {failures} failed", file=out)
+    return ok and failures == 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the tests' subset")
+    parser.add_argument("--table", choices=sorted(TABLES), default="full",
+                        help="which configurations (default: full)")
+    parser.add_argument("--quick", action="store_true", help="same as --table quick")
     parser.add_argument("--arch", type=int, default=90, help="compute capability (90: H100)")
+    parser.add_argument("--cells", nargs="+", choices=sorted(KERNELS), default=list(KERNELS))
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("compile_check: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)")
         return 2
-    return 0 if run(QUICK if args.quick else FULL, arch=args.arch) else 1
+    table = TABLES["quick" if args.quick else args.table]
+    return 0 if run(table, cells=tuple(args.cells), arch=args.arch) else 1
 
 
 if __name__ == "__main__":

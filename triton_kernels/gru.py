@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import _checks, _layout
+from . import _checks
 from ._barrier import step_arrive, step_wait
 from ._common import (
     dot,
@@ -38,13 +38,22 @@ from ._common import (
     to_compute,
     zeros_acc,
 )
-from ._launch import barrier_counters, empty_output, exchange_buffer, launch_recurrence
+from ._launch import (
+    PER_CALL_INTEGERS,
+    barrier_words,
+    choose_layout,
+    empty_output,
+    exchange_buffer,
+    kernel_lengths,
+    launch_recurrence,
+    state_buffer,
+)
 from ._weight_grad import recurrent_weight_grad
 
 GATES = 3
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PER_CALL_INTEGERS)
 def gru_forward_kernel(
     gx_ptr,         # [T, B, 3H]
     w_ptr,          # [3H, H]
@@ -54,7 +63,7 @@ def gru_forward_kernel(
     h_ptr,          # [B, H] state: h at step_begin on entry, at step_end on exit
     gates_ptr,      # [T, B, 4H] r, z, n, gh_n (written when SAVE)
     xchg_ptr,       # [2, B_PAD, H_PAD] h of the whole batch tile, ping-pong over steps
-    counter_ptr,    # [n_batch_tiles] int32 barrier counters
+    counter_ptr,    # [n_batch_tiles + 1] int32 barrier words (see _launch.barrier_words)
     T, B, H, step_begin, step_end,
     REVERSE: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
@@ -98,6 +107,7 @@ def gru_forward_kernel(
 
     gx_row = offs_b[:, None] * (3 * H) + offs_j[None, :]
     gates_row = offs_b[:, None] * (4 * H) + offs_j[None, :]
+    stuck = tl.program_id(0) * 0     # int32: whether a grid barrier round timed out
     # num_stages=1: the step loop must not be software-pipelined: a prefetch of the next
     # step's operand would run ahead of the barrier that makes it valid.
     for s in tl.range(step_begin, step_end, num_stages=1):
@@ -146,7 +156,7 @@ def gru_forward_kernel(
             # outputs below are written while the other programs catch up.
             dst = xchg_ptr + ((s + 1) % 2) * xchg_half
             tl.store(dst + offs_b[:, None] * H_PAD + offs_j[None, :], h.to(w_dtype), mask=mask)
-            step_arrive(counter_ptr + pid_b, SYNC)
+            step_arrive(counter_ptr, SYNC)
 
         out_t = t.to(tl.int64) * B * H + state
         tl.store(y_ptr + out_t, tl.where(valid, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
@@ -158,12 +168,12 @@ def gru_forward_kernel(
             tl.store(gates_t + 2 * H, tl.where(valid, n, 0.0).to(out_dtype), mask=mask)
             tl.store(gates_t + 3 * H, tl.where(valid, gh_n, 0.0).to(out_dtype), mask=mask)
         if not OPERAND_IN_REGISTERS:
-            step_wait(counter_ptr + pid_b, n_slices * (s - step_begin + 1), SYNC)
+            stuck = step_wait(counter_ptr, n_slices * (s - step_begin + 1), stuck, SYNC)
 
     tl.store(h_ptr + state, h.to(h_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PER_CALL_INTEGERS)
 def gru_backward_kernel(
     dy_ptr,         # [T, B, H] (read only when HAS_DY)
     w_ptr,          # [3H, H]
@@ -175,7 +185,7 @@ def gru_backward_kernel(
     dgh_ptr,        # [T, B, 3H] out: gradients of gh_r, gh_z, gh_n
     dh_ptr,         # [B, H] state: gradient reaching h (grad_h_n on entry, grad_h0 at the end)
     xchg_ptr,       # [2, B_PAD, 3 * H_PAD] dgh of the batch tile, ping-pong
-    counter_ptr,    # [n_batch_tiles] int32
+    counter_ptr,    # [n_batch_tiles + 1] int32 barrier words
     T, B, H, step_begin, step_end,
     REVERSE: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
@@ -220,6 +230,7 @@ def gru_backward_kernel(
 
     gx_row = offs_b[:, None] * (3 * H) + offs_j[None, :]
     gates_row = offs_b[:, None] * (4 * H) + offs_j[None, :]
+    stuck = tl.program_id(0) * 0     # int32: whether a grid barrier round timed out
     # num_stages=1: the step loop must not be software-pipelined: a prefetch of the next
     # step's operand would run ahead of the barrier that makes it valid.
     for r in tl.range(step_begin, step_end, num_stages=1):
@@ -264,7 +275,7 @@ def gru_backward_kernel(
             tl.store(dst + 0 * H_PAD, d_r.to(w_dtype), mask=mask)
             tl.store(dst + 1 * H_PAD, d_z.to(w_dtype), mask=mask)
             tl.store(dst + 2 * H_PAD, dgh_n.to(w_dtype), mask=mask)
-            step_arrive(counter_ptr + pid_b, SYNC)
+            step_arrive(counter_ptr, SYNC)
 
         out_dtype = dgx_ptr.dtype.element_ty
         dgx_t = dgx_ptr + t64 * B * (3 * H) + gx_row
@@ -276,7 +287,7 @@ def gru_backward_kernel(
         tl.store(dgh_t + 1 * H, d_z.to(out_dtype), mask=mask)
         tl.store(dgh_t + 2 * H, dgh_n.to(out_dtype), mask=mask)
         if not OPERAND_IN_REGISTERS:
-            step_wait(counter_ptr + pid_b, n_slices * (r - step_begin + 1), SYNC)
+            stuck = step_wait(counter_ptr, n_slices * (r - step_begin + 1), stuck, SYNC)
 
     if not OPERAND_IN_REGISTERS:
         if finishes(step_begin, step_end, T, SYNC):
@@ -326,26 +337,26 @@ def gru_forward(
     T, B, H = n.T, n.B, n.H
     gx, w_hh = gx.contiguous(), w_hh.contiguous()
     y = empty_output((T, B, H), gx)
-    h_n = h0.contiguous().clone()
     gates = empty_output((T, B, 4 * H), gx) if save_for_backward else gx.new_empty(0)
     if T == 0 or B == 0 or H == 0:
-        return y.zero_(), h_n, gates
+        return y.zero_(), h0.clone(), gates
 
-    layout = _layout.choose_layout(GATES, B, H, gx.dtype, gx.device)
+    layout = choose_layout(GATES, B, H, gx, backward=False)
     xchg = exchange_buffer(layout, layout.h_pad, gx)
     if not layout.operand_in_registers:
         xchg[0, :B, :H].copy_(h0)
+    h = state_buffer(h0, h0)
     launch_recurrence(
         gru_forward_kernel,
         layout,
         (gx, w_hh, b_hh.contiguous() if b_hh is not None else gx,
-         lengths.to(gx.device) if lengths is not None else gx, y, h_n,
-         gates if save_for_backward else gx, xchg, barrier_counters(layout, gx)),
-        T, B, H, gx.dtype,
+         kernel_lengths(lengths, gx.device, gx), y, h, gates if save_for_backward else gx, xchg,
+         barrier_words(layout, gx)),
+        T, B, H, gx,
         dict(REVERSE=reverse, HAS_LENGTHS=lengths is not None, HAS_BIAS=b_hh is not None,
              SAVE=save_for_backward),
     )
-    return y, h_n, gates
+    return y, h.to(gx.dtype), gates
 
 
 def gru_backward(
@@ -364,23 +375,23 @@ def gru_backward(
     _checks.check_workspace(BACKWARD_OP, "gates", gates, y, (T, B, 4 * H))
     grad_gx = empty_output((T, B, 3 * H), y)
     dgh = empty_output((T, B, 3 * H), y)
-    grad_h0 = grad_h_n.contiguous().clone() if grad_h_n is not None else torch.zeros_like(h0)
     if T == 0 or B == 0 or H == 0:
+        grad_h0 = grad_h_n.clone() if grad_h_n is not None else torch.zeros_like(h0)
         return grad_gx.zero_(), y.new_zeros(3 * H, H), y.new_zeros(3 * H), grad_h0
 
     w_hh, y, h0 = w_hh.contiguous(), y.contiguous(), h0.contiguous()
-    layout = _layout.choose_layout(GATES, B, H, y.dtype, y.device)
+    layout = choose_layout(GATES, B, H, y, backward=True)
     xchg = exchange_buffer(layout, GATES * layout.h_pad, y)
+    dh = state_buffer(grad_h_n, h0)
     launch_recurrence(
         gru_backward_kernel,
         layout,
         (grad_y.contiguous() if grad_y is not None else y, w_hh, h0, y, gates.contiguous(),
-         lengths.to(y.device) if lengths is not None else y, grad_gx, dgh, grad_h0, xchg,
-         barrier_counters(layout, y)),
-        T, B, H, y.dtype,
+         kernel_lengths(lengths, y.device, y), grad_gx, dgh, dh, xchg, barrier_words(layout, y)),
+        T, B, H, y,
         dict(REVERSE=reverse, HAS_LENGTHS=lengths is not None, HAS_DY=grad_y is not None),
         finish=True,
     )
     grad_w_hh = recurrent_weight_grad(dgh, y, h0, lengths, reverse)
     grad_b_hh = dgh.reshape(-1, 3 * H).sum(0)
-    return grad_gx, grad_w_hh, grad_b_hh, grad_h0
+    return grad_gx, grad_w_hh, grad_b_hh, dh.to(y.dtype)

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import _checks, _layout
+from . import _checks
 from ._barrier import step_arrive, step_wait
 from ._common import (
     dot,
@@ -36,13 +36,22 @@ from ._common import (
     to_compute,
     zeros_acc,
 )
-from ._launch import barrier_counters, empty_output, exchange_buffer, launch_recurrence
+from ._launch import (
+    PER_CALL_INTEGERS,
+    barrier_words,
+    choose_layout,
+    empty_output,
+    exchange_buffer,
+    kernel_lengths,
+    launch_recurrence,
+    state_buffer,
+)
 from ._weight_grad import recurrent_weight_grad
 
 GATES = 4
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PER_CALL_INTEGERS)
 def lstm_forward_kernel(
     gx_ptr,         # [T, B, 4H]
     w_ptr,          # [4H, H]
@@ -53,7 +62,7 @@ def lstm_forward_kernel(
     gates_ptr,      # [T, B, 4H] activated i, f, g, o (written when SAVE)
     cs_ptr,         # [T, B, H] cell states (written when SAVE)
     xchg_ptr,       # [2, B_PAD, H_PAD] h of the whole batch tile, ping-pong over steps
-    counter_ptr,    # [n_batch_tiles] int32 barrier counters
+    counter_ptr,    # [n_batch_tiles + 1] int32 barrier words (see _launch.barrier_words)
     T, B, H, step_begin, step_end,
     REVERSE: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
@@ -94,6 +103,7 @@ def lstm_forward_kernel(
         w_o = load_weight_tile(w_ptr + 3 * H * H, 0, offs_j, mask_j, H, True, H_PAD, SPLIT_K)
 
     gx_row = offs_b[:, None] * (4 * H) + offs_j[None, :]
+    stuck = tl.program_id(0) * 0     # int32: whether a grid barrier round timed out
     # num_stages=1: the step loop must not be software-pipelined: a prefetch of the next
     # step's operand would run ahead of the barrier that makes it valid.
     for s in tl.range(step_begin, step_end, num_stages=1):
@@ -149,7 +159,7 @@ def lstm_forward_kernel(
             # outputs below are written while the other programs catch up.
             dst = xchg_ptr + ((s + 1) % 2) * xchg_half
             tl.store(dst + offs_b[:, None] * H_PAD + offs_j[None, :], h.to(w_dtype), mask=mask)
-            step_arrive(counter_ptr + pid_b, SYNC)
+            step_arrive(counter_ptr, SYNC)
 
         out_t = t.to(tl.int64) * B * H + state
         tl.store(y_ptr + out_t, tl.where(valid, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
@@ -162,13 +172,13 @@ def lstm_forward_kernel(
             tl.store(gates_t + 3 * H, tl.where(valid, o, 0.0).to(out_dtype), mask=mask)
             tl.store(cs_ptr + out_t, c.to(out_dtype), mask=mask)
         if not OPERAND_IN_REGISTERS:
-            step_wait(counter_ptr + pid_b, n_slices * (s - step_begin + 1), SYNC)
+            stuck = step_wait(counter_ptr, n_slices * (s - step_begin + 1), stuck, SYNC)
 
     tl.store(h_ptr + state, h.to(h_ptr.dtype.element_ty), mask=mask)
     tl.store(c_ptr + state, c.to(c_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PER_CALL_INTEGERS)
 def lstm_backward_kernel(
     dy_ptr,         # [T, B, H] (read only when HAS_DY)
     w_ptr,          # [4H, H]
@@ -180,7 +190,7 @@ def lstm_backward_kernel(
     dh_ptr,         # [B, H] state: gradient reaching h (grad_h_n on entry, grad_h0 at the end)
     dc_ptr,         # [B, H] state: gradient reaching c
     xchg_ptr,       # [2, B_PAD, 4 * H_PAD] gate gradients of the batch tile, ping-pong
-    counter_ptr,    # [n_batch_tiles] int32
+    counter_ptr,    # [n_batch_tiles + 1] int32 barrier words
     T, B, H, step_begin, step_end,
     REVERSE: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
@@ -227,6 +237,7 @@ def lstm_backward_kernel(
         w_o = w_ptr
 
     gate_row = offs_b[:, None] * (4 * H) + offs_j[None, :]
+    stuck = tl.program_id(0) * 0     # int32: whether a grid barrier round timed out
     # num_stages=1: the step loop must not be software-pipelined: a prefetch of the next
     # step's operand would run ahead of the barrier that makes it valid.
     for r in tl.range(step_begin, step_end, num_stages=1):
@@ -280,7 +291,7 @@ def lstm_backward_kernel(
             tl.store(dst + 1 * H_PAD, da_f.to(w_dtype), mask=mask)
             tl.store(dst + 2 * H_PAD, da_g.to(w_dtype), mask=mask)
             tl.store(dst + 3 * H_PAD, da_o.to(w_dtype), mask=mask)
-            step_arrive(counter_ptr + pid_b, SYNC)
+            step_arrive(counter_ptr, SYNC)
 
         dgx_t = dgx_ptr + t64 * B * (4 * H) + gate_row
         out_dtype = dgx_ptr.dtype.element_ty
@@ -289,7 +300,7 @@ def lstm_backward_kernel(
         tl.store(dgx_t + 2 * H, da_g.to(out_dtype), mask=mask)
         tl.store(dgx_t + 3 * H, da_o.to(out_dtype), mask=mask)
         if not OPERAND_IN_REGISTERS:
-            step_wait(counter_ptr + pid_b, n_slices * (r - step_begin + 1), SYNC)
+            stuck = step_wait(counter_ptr, n_slices * (r - step_begin + 1), stuck, SYNC)
 
     if not OPERAND_IN_REGISTERS:
         if finishes(step_begin, step_end, T, SYNC):
@@ -344,29 +355,28 @@ def lstm_forward(
     T, B, H = n.T, n.B, n.H
     gx, w_hh = gx.contiguous(), w_hh.contiguous()
     y = empty_output((T, B, H), gx)
-    h_n = h0.contiguous().clone()
-    c_n = c0.contiguous().clone()
     if save_for_backward:
         gates, cs = empty_output((T, B, 4 * H), gx), empty_output((T, B, H), gx)
     else:
         gates, cs = gx.new_empty(0), gx.new_empty(0)
     if T == 0 or B == 0 or H == 0:
-        return y.zero_(), h_n, c_n, gates, cs
+        return y.zero_(), h0.clone(), c0.clone(), gates, cs
 
-    layout = _layout.choose_layout(GATES, B, H, gx.dtype, gx.device)
+    layout = choose_layout(GATES, B, H, gx, backward=False)
     xchg = exchange_buffer(layout, layout.h_pad, gx)
     if not layout.operand_in_registers:
         xchg[0, :B, :H].copy_(h0)
-    lengths_arg = lengths.to(gx.device) if lengths is not None else gx
+    h, c = state_buffer(h0, h0), state_buffer(c0, c0)
     launch_recurrence(
         lstm_forward_kernel,
         layout,
-        (gx, w_hh, lengths_arg, y, h_n, c_n, gates if save_for_backward else gx,
-         cs if save_for_backward else gx, xchg, barrier_counters(layout, gx)),
-        T, B, H, gx.dtype,
+        (gx, w_hh, kernel_lengths(lengths, gx.device, gx), y, h, c,
+         gates if save_for_backward else gx, cs if save_for_backward else gx, xchg,
+         barrier_words(layout, gx)),
+        T, B, H, gx,
         dict(REVERSE=reverse, HAS_LENGTHS=lengths is not None, SAVE=save_for_backward),
     )
-    return y, h_n, c_n, gates, cs
+    return y, h.to(gx.dtype), c.to(gx.dtype), gates, cs
 
 
 def lstm_backward(
@@ -390,25 +400,25 @@ def lstm_backward(
     _checks.check_workspace(BACKWARD_OP, "gates", gates, y, (T, B, 4 * H))
     _checks.check_workspace(BACKWARD_OP, "cs", cs, y, (T, B, H))
     grad_gx = empty_output((T, B, 4 * H), y)
-    grad_h0 = grad_h_n.contiguous().clone() if grad_h_n is not None else torch.zeros_like(h0)
-    grad_c0 = grad_c_n.contiguous().clone() if grad_c_n is not None else torch.zeros_like(c0)
     grad_w_hr = y.new_empty(0)
     if T == 0 or B == 0 or H == 0:
+        grad_h0 = grad_h_n.clone() if grad_h_n is not None else torch.zeros_like(h0)
+        grad_c0 = grad_c_n.clone() if grad_c_n is not None else torch.zeros_like(c0)
         return grad_gx.zero_(), y.new_zeros(4 * H, H), grad_w_hr, grad_h0, grad_c0
 
     w_hh = w_hh.contiguous()
-    layout = _layout.choose_layout(GATES, B, H, y.dtype, y.device)
+    layout = choose_layout(GATES, B, H, y, backward=True)
     xchg = exchange_buffer(layout, GATES * layout.h_pad, y)
-    lengths_arg = lengths.to(y.device) if lengths is not None else y
+    dh, dc = state_buffer(grad_h_n, h0), state_buffer(grad_c_n, c0)
     launch_recurrence(
         lstm_backward_kernel,
         layout,
         (grad_y.contiguous() if grad_y is not None else y, w_hh, c0.contiguous(),
-         gates.contiguous(), cs.contiguous(), lengths_arg, grad_gx, grad_h0, grad_c0, xchg,
-         barrier_counters(layout, y)),
-        T, B, H, y.dtype,
+         gates.contiguous(), cs.contiguous(), kernel_lengths(lengths, y.device, y), grad_gx, dh,
+         dc, xchg, barrier_words(layout, y)),
+        T, B, H, y,
         dict(REVERSE=reverse, HAS_LENGTHS=lengths is not None, HAS_DY=grad_y is not None),
         finish=True,
     )
     grad_w_hh = recurrent_weight_grad(grad_gx, y, h0, lengths, reverse)
-    return grad_gx, grad_w_hh, grad_w_hr, grad_h0, grad_c0
+    return grad_gx, grad_w_hh, grad_w_hr, dh.to(y.dtype), dc.to(y.dtype)

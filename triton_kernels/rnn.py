@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import _checks, _layout
+from . import _checks
 from ._barrier import step_arrive, step_wait
 from ._common import (
     dot,
@@ -31,13 +31,22 @@ from ._common import (
     to_compute,
     zeros_acc,
 )
-from ._launch import barrier_counters, empty_output, exchange_buffer, launch_recurrence
+from ._launch import (
+    PER_CALL_INTEGERS,
+    barrier_words,
+    choose_layout,
+    empty_output,
+    exchange_buffer,
+    kernel_lengths,
+    launch_recurrence,
+    state_buffer,
+)
 from ._weight_grad import recurrent_weight_grad
 
 GATES = 1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PER_CALL_INTEGERS)
 def rnn_forward_kernel(
     gx_ptr,         # [T, B, H]
     w_ptr,          # [H, H]
@@ -45,7 +54,7 @@ def rnn_forward_kernel(
     y_ptr,          # [T, B, H]
     h_ptr,          # [B, H] state: h at step_begin on entry, at step_end on exit
     xchg_ptr,       # [2, B_PAD, H_PAD] h of the whole batch tile, ping-pong over steps
-    counter_ptr,    # [n_batch_tiles] int32 barrier counters
+    counter_ptr,    # [n_batch_tiles + 1] int32 barrier words (see _launch.barrier_words)
     T, B, H, step_begin, step_end,
     RELU: tl.constexpr,
     REVERSE: tl.constexpr,
@@ -79,6 +88,7 @@ def rnn_forward_kernel(
     if WEIGHTS_RESIDENT:
         w_t = load_weight_tile(w_ptr, 0, offs_j, mask_j, H, True, H_PAD, SPLIT_K)   # [H_PAD, BLOCK_H]
 
+    stuck = tl.program_id(0) * 0     # int32: whether a grid barrier round timed out
     # num_stages=1: the step loop must not be software-pipelined: a prefetch of the next
     # step's operand would run ahead of the barrier that makes it valid.
     for s in tl.range(step_begin, step_end, num_stages=1):
@@ -106,16 +116,16 @@ def rnn_forward_kernel(
             # outputs below are written while the other programs catch up.
             dst = xchg_ptr + ((s + 1) % 2) * xchg_half
             tl.store(dst + offs_b[:, None] * H_PAD + offs_j[None, :], h.to(w_dtype), mask=mask)
-            step_arrive(counter_ptr + pid_b, SYNC)
+            step_arrive(counter_ptr, SYNC)
 
         tl.store(y_ptr + out_t, tl.where(valid, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
         if not OPERAND_IN_REGISTERS:
-            step_wait(counter_ptr + pid_b, n_slices * (s - step_begin + 1), SYNC)
+            stuck = step_wait(counter_ptr, n_slices * (s - step_begin + 1), stuck, SYNC)
 
     tl.store(h_ptr + state, h.to(h_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PER_CALL_INTEGERS)
 def rnn_backward_kernel(
     dy_ptr,         # [T, B, H] (read only when HAS_DY)
     w_ptr,          # [H, H]
@@ -124,7 +134,7 @@ def rnn_backward_kernel(
     dgx_ptr,        # [T, B, H] out: gradients of the pre-activations
     dh_ptr,         # [B, H] state: gradient reaching h (grad_h_n on entry, grad_h0 at the end)
     xchg_ptr,       # [2, B_PAD, H_PAD] pre-activation gradients of the batch tile, ping-pong
-    counter_ptr,    # [n_batch_tiles] int32
+    counter_ptr,    # [n_batch_tiles + 1] int32 barrier words
     T, B, H, step_begin, step_end,
     RELU: tl.constexpr,
     REVERSE: tl.constexpr,
@@ -161,6 +171,7 @@ def rnn_backward_kernel(
     else:
         w = w_ptr   # unused: the product streams w_hh from memory
 
+    stuck = tl.program_id(0) * 0     # int32: whether a grid barrier round timed out
     # num_stages=1: the step loop must not be software-pipelined: a prefetch of the next
     # step's operand would run ahead of the barrier that makes it valid.
     for r in tl.range(step_begin, step_end, num_stages=1):
@@ -189,11 +200,11 @@ def rnn_backward_kernel(
             # other programs catch up (between arrive and wait).
             dst = xchg_ptr + ((r + 1) % 2) * xchg_half
             tl.store(dst + offs_b[:, None] * H_PAD + offs_j[None, :], da.to(w_dtype), mask=mask)
-            step_arrive(counter_ptr + pid_b, SYNC)
+            step_arrive(counter_ptr, SYNC)
 
         tl.store(dgx_ptr + out_t, da.to(dgx_ptr.dtype.element_ty), mask=mask)
         if not OPERAND_IN_REGISTERS:
-            step_wait(counter_ptr + pid_b, n_slices * (r - step_begin + 1), SYNC)
+            stuck = step_wait(counter_ptr, n_slices * (r - step_begin + 1), stuck, SYNC)
 
     if not OPERAND_IN_REGISTERS:
         if finishes(step_begin, step_end, T, SYNC):
@@ -240,23 +251,22 @@ def rnn_forward(
     T, B, H = n.T, n.B, n.H
     gx, w_hh = gx.contiguous(), w_hh.contiguous()
     y = empty_output((T, B, H), gx)
-    h_n = h0.contiguous().clone()
     if T == 0 or B == 0 or H == 0:
-        return y.zero_(), h_n
+        return y.zero_(), h0.clone()
 
-    layout = _layout.choose_layout(GATES, B, H, gx.dtype, gx.device)
+    layout = choose_layout(GATES, B, H, gx, backward=False)
     xchg = exchange_buffer(layout, layout.h_pad, gx)
     if not layout.operand_in_registers:
         xchg[0, :B, :H].copy_(h0)
+    h = state_buffer(h0, h0)
     launch_recurrence(
         rnn_forward_kernel,
         layout,
-        (gx, w_hh, lengths.to(gx.device) if lengths is not None else gx, y, h_n, xchg,
-         barrier_counters(layout, gx)),
-        T, B, H, gx.dtype,
+        (gx, w_hh, kernel_lengths(lengths, gx.device, gx), y, h, xchg, barrier_words(layout, gx)),
+        T, B, H, gx,
         dict(RELU=nonlinearity == "relu", REVERSE=reverse, HAS_LENGTHS=lengths is not None),
     )
-    return y, h_n
+    return y, h.to(gx.dtype)
 
 
 def rnn_backward(
@@ -273,23 +283,23 @@ def rnn_backward(
                                       y, lengths, grad_y, grad_h_n, None)
     T, B, H = n.T, n.B, n.H
     grad_gx = empty_output((T, B, H), y)
-    grad_h0 = grad_h_n.contiguous().clone() if grad_h_n is not None else torch.zeros_like(h0)
     if T == 0 or B == 0 or H == 0:
+        grad_h0 = grad_h_n.clone() if grad_h_n is not None else torch.zeros_like(h0)
         return grad_gx.zero_(), y.new_zeros(H, H), grad_h0
 
     w_hh, y = w_hh.contiguous(), y.contiguous()
-    layout = _layout.choose_layout(GATES, B, H, y.dtype, y.device)
+    layout = choose_layout(GATES, B, H, y, backward=True)
     xchg = exchange_buffer(layout, layout.h_pad, y)
+    dh = state_buffer(grad_h_n, h0)
     launch_recurrence(
         rnn_backward_kernel,
         layout,
         (grad_y.contiguous() if grad_y is not None else y, w_hh, y,
-         lengths.to(y.device) if lengths is not None else y, grad_gx, grad_h0, xchg,
-         barrier_counters(layout, y)),
-        T, B, H, y.dtype,
+         kernel_lengths(lengths, y.device, y), grad_gx, dh, xchg, barrier_words(layout, y)),
+        T, B, H, y,
         dict(RELU=nonlinearity == "relu", REVERSE=reverse, HAS_LENGTHS=lengths is not None,
              HAS_DY=grad_y is not None),
         finish=True,
     )
     grad_w_hh = recurrent_weight_grad(grad_gx, y, h0, lengths, reverse)
-    return grad_gx, grad_w_hh, grad_h0
+    return grad_gx, grad_w_hh, dh.to(y.dtype)
