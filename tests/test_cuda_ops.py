@@ -316,6 +316,21 @@ def check_lowp_against_reference(cell, inp, reverse, fwd, bwd, grads, factor=3.0
 
 
 @needs_cuda_build
+@pytest.mark.parametrize("threads", [1, 8])
+def test_shared_memory_limit_only_grows(threads):
+    """A persistent kernel's dynamic shared-memory limit is a property of the function, shared
+    by every thread: it is raised only when a call needs more than any before (under a lock),
+    never set back to a smaller call's size under a larger call in flight. Checked on the
+    high-water mark that cuda/device_state.h keeps per (device, kernel)."""
+    requests = [100, 50, 200, 150, 200, 40, 300, 10] * 25
+    sets = torch.ops.fused_rnn_cuda.high_water_sets(requests, threads)
+    assert sets == sorted(set(sets))                  # strictly increasing
+    assert sets[-1] == max(requests)
+    if threads == 1:
+        assert sets == [100, 200, 300]
+
+
+@needs_cuda_build
 @pytest.mark.parametrize("device", [H100, A100, dict(sm_count=7, smem_per_block=49152)],
                          ids=["h100", "a100", "small"])
 @pytest.mark.parametrize("cell", CELLS)
@@ -821,6 +836,37 @@ def test_gpu_cuda_graph_capture(algo, cell):
     for a, b in zip(captured, fresh):
         check_fp32("graph", a, b, tol=1e-6)
     assert any(max_err(a, b) > 0 for a, b in zip(eager, fresh))
+
+
+@gpu_test
+def test_gpu_cpu_lengths_refused_under_graph_capture():
+    """A captured copy of CPU lengths would replay whatever the host buffer holds at each
+    replay: refused, with the fix in the message."""
+    inp = to_device(make_inputs("rnn_tanh", 4, 3, 16, lengths=[4, 1, 2]))
+    assert inp["lengths"].device.type == "cpu"
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="pass lengths on cuda"):
+        with torch.cuda.graph(graph):
+            torch.ops.fused_rnn.rnn_tanh_forward(*forward_args("rnn_tanh", inp, False, False))
+
+
+@gpu_test
+@pytest.mark.parametrize("algo", ["persistent", "fallback"], indirect=True)
+def test_gpu_pinned_lengths_may_change_after_the_call(algo):
+    """The op copies CPU lengths to the device after it returns; a caller's own pinned tensor
+    is copied privately first, so changing it right after the call changes nothing."""
+    T, B, H = 6, 4, 32
+    inp = to_device(make_inputs("gru", T, B, H, lengths=[6, 3, 0, 5]))
+    expected = torch.ops.fused_rnn.gru_forward(*forward_args("gru", inp, False, False))
+    torch.cuda.synchronize()
+    pinned = inp["lengths"].pin_memory()
+    inp["lengths"] = pinned
+    torch.cuda._sleep(50_000_000)          # keep the stream busy: the copy is still queued
+    outs = torch.ops.fused_rnn.gru_forward(*forward_args("gru", inp, False, False))
+    pinned.fill_(1)
+    torch.cuda.synchronize()
+    for a, b in zip(outs[:2], expected[:2]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @gpu_test

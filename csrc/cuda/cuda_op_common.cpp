@@ -4,30 +4,22 @@
 #include <ATen/Context.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "cuda/device_state.h"
+
 namespace fused_rnn::cuda {
-
-namespace {
-
-int device_attribute(cudaDeviceAttr attribute, int device) {
-  int value = 0;
-  check_launch(cudaDeviceGetAttribute(&value, attribute, device), "cudaDeviceGetAttribute");
-  return value;
-}
-
-}  // namespace
 
 ExecContext device_context(const Tensor& like) {
   // Attributes rather than ATen's cached cudaDeviceProp: ATen/cuda/CUDAContext.h pulls in the
-  // cuBLAS/cuSPARSE headers, which a bare CUDA toolkit (as in CI) does not have.
+  // cuBLAS/cuSPARSE headers, which a bare CUDA toolkit (as in CI) does not have. Queried once
+  // per device (device_state.h).
   const int device = like.get_device();
   ExecContext ctx;
   ctx.target = Target::kDevice;
-  ctx.limits = {device_attribute(cudaDevAttrMultiProcessorCount, device),
-                device_attribute(cudaDevAttrComputeCapabilityMajor, device),
-                device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device)};
+  ctx.device = device;
+  check_launch(cached_device_limits(device, &ctx.limits), "cudaDeviceGetAttribute");
   ctx.allow_tf32 = at::globalContext().allowTF32CuBLAS();
   ctx.algo = algo_override_from_env();
-  ctx.stream = c10::cuda::getCurrentCUDAStream(like.get_device()).stream();
+  ctx.stream = c10::cuda::getCurrentCUDAStream(device).stream();
   return ctx;
 }
 
@@ -37,6 +29,7 @@ ExecContext emulation_context(int64_t sm_count, int64_t smem_per_block, bool all
   TORCH_CHECK(smem_per_block >= 1024, "fused_rnn_cuda: smem_per_block must be at least 1024");
   ExecContext ctx;
   ctx.target = Target::kHostEmulation;
+  ctx.device = -1;
   ctx.limits = {static_cast<int>(sm_count), 8, smem_per_block};
   ctx.allow_tf32 = allow_tf32;
   ctx.algo = parse_algo_override(algo);
@@ -69,9 +62,17 @@ optional<Tensor> kernel_lengths(const optional<Tensor>& lengths, const Tensor& l
   if (ctx.target == Target::kHostEmulation || lengths->device() == like.device()) {
     return lengths->contiguous();
   }
-  Tensor host = lengths->contiguous();
-  if (!host.is_pinned()) host = host.pin_memory();
-  // The caching host allocator keeps the pinned block alive until the copy has run.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check_launch(cudaStreamIsCapturing(ctx.stream, &capture), "cudaStreamIsCapturing");
+  TORCH_CHECK(capture == cudaStreamCaptureStatusNone,
+              "fused_rnn: lengths on the CPU cannot be used under CUDA-graph capture (the "
+              "captured copy would replay whatever its host buffer holds then); pass lengths on ",
+              like.device());
+  // A private pinned copy, even of a tensor that is pinned already: the copy to the device runs
+  // after this call returns, and the caller may change its own tensor by then. The caching
+  // host allocator keeps the block until that copy has run.
+  Tensor host = at::empty(lengths->sizes(), lengths->options().pinned_memory(true));
+  host.copy_(*lengths);
   return host.to(like.device(), /*non_blocking=*/true);
 }
 
@@ -92,7 +93,8 @@ Plan plan_call(CellKind cell, bool backward, const RecurrenceSizes& n, bool proj
   // The planner assumed one block per multiprocessor; check that the kernel (with its registers
   // and this much shared memory) really fits, so the cooperative launch cannot be refused.
   int per_sm = 0;
-  check_launch(persistent_blocks_per_sm(request.cell, request.backward, plan.persistent, &per_sm),
+  check_launch(cached_persistent_blocks_per_sm(ctx.device, request.cell, request.backward,
+                                               plan.persistent, &per_sm),
                "the occupancy query of a persistent kernel");
   if (static_cast<int64_t>(per_sm) * ctx.limits.sm_count < plan.persistent.num_blocks) {
     const std::string why = "only " + std::to_string(per_sm) + " block(s) of " +

@@ -19,6 +19,7 @@ namespace fused_rnn::cuda {
 
 struct ExecContext {
   Target target;
+  int device;  // the CUDA device index (-1 in the emulation)
   DeviceLimits limits;
   bool allow_tf32;
   AlgoOverride algo;
@@ -26,7 +27,8 @@ struct ExecContext {
 };
 
 // For a call on `like`'s GPU (the caller holds a CUDAGuard): its multiprocessors and shared
-// memory, torch's TF32 setting for cuBLAS, FUSED_RNN_CUDA_ALGO and the current stream.
+// memory (queried once per device), torch's TF32 setting for cuBLAS, FUSED_RNN_CUDA_ALGO and
+// the current stream.
 ExecContext device_context(const Tensor& like);
 
 // For the host emulation: a pretend device with these limits (compute capability 8).
@@ -38,8 +40,9 @@ StorageType storage_type_of(at::ScalarType dtype);
 at::ScalarType acc_dtype_of(at::ScalarType dtype);
 
 // The lengths where the kernels read them. A device tensor is used as is; a CPU tensor goes to
-// the device through pinned memory with a non-blocking copy (no host synchronisation). Under
-// CUDA-graph capture pass lengths on the device: a captured copy would re-read the host buffer.
+// the device through a private pinned copy with a non-blocking copy (no host synchronisation,
+// and the caller may change its tensor once the op returns). Under CUDA-graph capture CPU
+// lengths are refused: a captured copy would re-read the host buffer at every replay.
 optional<Tensor> kernel_lengths(const optional<Tensor>& lengths, const Tensor& like,
                                 const ExecContext& ctx);
 

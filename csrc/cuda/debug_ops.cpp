@@ -6,8 +6,14 @@
 //   *_forward/backward_emulated  the CUDA ops' host code and kernel bodies run on CPU tensors
 //                              (same schemas as the fused_rnn ops plus the pretend device:
 //                              algo override, multiprocessors, shared memory per block, TF32)
+//   high_water_sets(...)       the settings HighWaterMarks (device_state.h) makes for a
+//                              sequence of requests, from several threads at once
 #include <torch/library.h>
 
+#include <thread>
+#include <vector>
+
+#include "cuda/device_state.h"
 #include "cuda/plan.h"
 
 namespace fused_rnn::cuda {
@@ -65,9 +71,33 @@ std::vector<int64_t> plan_op(const std::string& cell, bool backward, int64_t B, 
           p.ld_w, p.ld_a, p.ld_acc, p.off_a, p.off_acc, p.smem_bytes};
 }
 
+// The values HighWaterMarks passes to its setter (in order) when `threads` threads raise one
+// key with `requests`, thread i taking requests i, i + threads, ...: the shared-memory limit
+// of a kernel is raised the same way by concurrent calls.
+std::vector<int64_t> high_water_sets_op(const std::vector<int64_t>& requests, int64_t threads) {
+  TORCH_CHECK(threads >= 1 && threads <= 64, "fused_rnn_cuda::high_water_sets: 1 to 64 threads");
+  HighWaterMarks<int> marks;
+  std::vector<int64_t> sets;  // appended under the marks' lock
+  std::vector<std::thread> workers;
+  for (int64_t w = 0; w < threads; ++w) {
+    workers.emplace_back([&, w] {
+      for (size_t i = static_cast<size_t>(w); i < requests.size();
+           i += static_cast<size_t>(threads)) {
+        marks.raise(0, requests[i], [&](int64_t value) {
+          sets.push_back(value);
+          return cudaSuccess;
+        });
+      }
+    });
+  }
+  for (auto& worker : workers) worker.join();
+  return sets;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fused_rnn_cuda, m) {
+  m.def("high_water_sets(int[] requests, int threads) -> int[]", &high_water_sets_op);
   m.def(
       "plan(str cell, bool backward, int B, int H, int P, bool projection, ScalarType dtype, "
       "bool allow_tf32, int sm_count, int cc_major, int smem_per_block, str algo) -> int[]",

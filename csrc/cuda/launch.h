@@ -62,8 +62,9 @@ struct PersistentBackwardArgs {
   unsigned int* barrier;    // one counter, zeroed before the launch
 };
 
-// Raises the kernel's dynamic shared-memory limit to the plan's and returns how many of its
-// blocks fit on one multiprocessor (cudaOccupancyMaxActiveBlocksPerMultiprocessor).
+// Raises the kernel's dynamic shared-memory limit to the plan's (never lowering it, see
+// device_state.h) and returns how many of its blocks fit on one multiprocessor
+// (cudaOccupancyMaxActiveBlocksPerMultiprocessor).
 cudaError_t persistent_blocks_per_sm(CellKind cell, bool backward, const PersistentPlan& plan,
                                      int* blocks_per_sm);
 

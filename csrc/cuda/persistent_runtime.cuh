@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cuda/block_product.cuh"
+#include "cuda/device_state.h"
 #include "cuda/grid_barrier.cuh"
 #include "cuda/launch.h"
 
@@ -85,8 +86,8 @@ void emulate_persistent(const Args& args, const PersistentPlan& plan) {
 template <class Args>
 cudaError_t launch_cooperative(void (*kernel)(Args, PersistentPlan), const Args& args,
                                const PersistentPlan& plan, cudaStream_t stream) {
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(plan.smem_bytes));
+  cudaError_t err =
+      raise_shared_memory_limit(reinterpret_cast<const void*>(kernel), plan.smem_bytes);
   if (err != cudaSuccess) return err;
   cudaLaunchAttribute attribute[1];
   attribute[0].id = cudaLaunchAttributeCooperative;
@@ -106,8 +107,8 @@ cudaError_t launch_cooperative(void (*kernel)(Args, PersistentPlan), const Args&
 template <class Args>
 cudaError_t blocks_per_sm(void (*kernel)(Args, PersistentPlan), const PersistentPlan& plan,
                           int* result) {
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(plan.smem_bytes));
+  cudaError_t err =
+      raise_shared_memory_limit(reinterpret_cast<const void*>(kernel), plan.smem_bytes);
   if (err != cudaSuccess) return err;
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(result, kernel, kBlockThreads,
                                                        static_cast<size_t>(plan.smem_bytes));
