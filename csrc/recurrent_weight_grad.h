@@ -19,8 +19,9 @@ inline void aten_matmul_into(Tensor& out, const Tensor& a, const Tensor& b, bool
 }
 
 // grad_w_hh [GH, P] = sum_{t,b} dgh[t,b]^T h_prev[t,b], with dgh [T, B, GH], y [T, B, P],
-// h0 [B, P]. h_prev of a step is y of the neighbouring step (zero on padded steps, where dgh is
-// zero too), or h0 at each sequence's first step. lengths: on dgh's device, or the CPU.
+// h0 [B, P]. h_prev of a step is y of the neighbouring step (taken as zero on padded steps,
+// where dgh is zero too), or h0 at each sequence's first step. lengths: on dgh's device, or
+// the CPU.
 // matmul_into(out, a, b, accumulate) runs the two products (the CPU kernels pass their own).
 template <typename MatmulInto = decltype(&aten_matmul_into)>
 inline Tensor recurrent_weight_grad(const Tensor& dgh, const Tensor& y, const Tensor& h0,
@@ -45,7 +46,16 @@ inline Tensor recurrent_weight_grad(const Tensor& dgh, const Tensor& y, const Te
   if (T > 1) {
     // The other steps, whose h_prev is y of the neighbouring step.
     const Tensor dgh_steps = reverse ? dgh.narrow(0, 0, T - 1) : dgh.narrow(0, 1, T - 1);
-    const Tensor y_prev = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
+    Tensor y_prev = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
+    if (!reverse && has(lengths)) {
+      // The first padded step of a finished sequence pairs its zero gradient with y of the
+      // sequence's last real step: a NaN or inf there would make a NaN in every row (0 * inf),
+      // where torch.nn's packed sequences have no such product. (In reverse, padded steps
+      // come first and pair with padded y, which is zero.)
+      const Tensor steps = at::arange(1, T, y.options().dtype(at::kLong));
+      const Tensor real = steps.unsqueeze(1) < lengths->to(y.device(), at::kLong).unsqueeze(0);
+      y_prev = at::where(real.unsqueeze(2), y_prev, at::zeros({}, y.options()));
+    }
     matmul_into(grad_w, dgh_steps.reshape({(T - 1) * B, GH}).t(), y_prev.reshape({(T - 1) * B, P}),
                 true);
   }

@@ -100,3 +100,14 @@ def low_precision_bound(ours, reference_lowp, reference_fp64, *, factor: float =
             f"#{index}: error {ours_err:.3e} exceeds {factor} x the reference's {ref_err:.3e} + {floor}"
         )
 
+
+def assert_same_nonfinite(ours, theirs, label, *, atol=1e-4, rtol=1e-3):
+    """NaN, +inf and -inf in the same places in each pair of tensors, the finite values close."""
+    for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        for kind, test in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+            assert torch.equal(test(a), test(b)), (
+                f"{label}, tensor #{index}: {kind} at {test(a).sum()} places, expected "
+                f"{test(b).sum()}")
+        finite = torch.isfinite(b)
+        torch.testing.assert_close(a[finite], b[finite], atol=atol, rtol=rtol,
+                                   msg=lambda m: f"{label}, tensor #{index}: {m}")

@@ -26,6 +26,20 @@ def tanh(x):
 
 
 @triton.jit
+def relu(x):
+    # NaN passes through, as in torch.relu. tl.maximum(x, 0.0) returns 0 for it on a GPU
+    # (PTX max.f32) but NaN in the interpreter (numpy), and tl.where(x > 0, x, 0) gives 0 on
+    # both: a comparison with NaN is false, so the NaN must sit in the else branch.
+    return tl.where(x < 0.0, 0.0, x)
+
+
+@triton.jit
+def relu_backward(h, dh):
+    # dh where relu's output h is positive or NaN, as torch's threshold_backward (h <= 0: 0).
+    return tl.where(h <= 0.0, 0.0, dh)
+
+
+@triton.jit
 def dot(a, b, acc, TF32: tl.constexpr, UPCAST: tl.constexpr):
     """acc + a @ b with an fp32 (fp64 for fp64) accumulator; fp16/bf16 operands run on the
     tensor cores as they are, fp32 ones as TF32 only when TF32 is set (torch's

@@ -3,8 +3,8 @@ backward kernel (the same as csrc/recurrent_weight_grad.h), never one per step.
 
   grad_w_hh[G*H, H] = sum_{t,b} dgh[t, b]^T h_prev[t, b]
 
-h_prev is y of the neighbouring step (zero on padded steps, where dgh is zero too) or h0 at
-each sequence's first step.
+h_prev is y of the neighbouring step (taken as zero on padded steps, where dgh is zero too) or
+h0 at each sequence's first step.
 """
 
 from __future__ import annotations
@@ -45,5 +45,11 @@ def _recurrent_weight_grad(
         # Steps whose h_prev is y of the neighbouring step.
         dgh_steps = dgh[: T - 1] if reverse else dgh[1:]
         y_prev = y[1:] if reverse else y[: T - 1]
+        if not reverse and lengths is not None:
+            # As in csrc/recurrent_weight_grad.h: the first padded step of a finished sequence
+            # must not multiply its zero gradient with a NaN or inf in y of its last real step.
+            steps = torch.arange(1, T, device=y.device)
+            real = steps[:, None] < lengths.to(y.device)[None, :]
+            y_prev = torch.where(real[:, :, None], y_prev, torch.zeros((), dtype=y.dtype, device=y.device))
         grad = grad + dgh_steps.reshape(-1, GH).t() @ y_prev.reshape(-1, P)
     return grad

@@ -24,6 +24,8 @@ from ._common import (
     load_operand,
     load_weight_tile,
     product,
+    relu,
+    relu_backward,
     row_lengths,
     step_time,
     streamed_product,
@@ -95,7 +97,7 @@ def rnn_forward_kernel(
             acc = streamed_product(acc, src, H_PAD, offs_b, w_ptr, offs_j, mask_j, H, True, H_PAD,
                                    BLOCK_K, SPLIT_K, TF32, UPCAST)
         if RELU:
-            h_new = tl.maximum(x + acc, 0.0)
+            h_new = relu(x + acc)
         else:
             h_new = tanh(x + acc)
         # A finished sequence keeps its state and emits zeros; padding columns stay zero.
@@ -177,7 +179,7 @@ def rnn_backward_kernel(
         if HAS_DY:
             dh_total += to_compute(tl.load(dy_ptr + out_t, mask=valid, other=0.0), FP64)
         if RELU:
-            da = tl.where(valid & (h > 0.0), dh_total, 0.0)
+            da = tl.where(valid, relu_backward(h, dh_total), 0.0)
         else:
             da = tl.where(valid, dh_total * (1.0 - h * h), 0.0)
         # Padded steps pass dh through; on real steps it restarts from zero.
