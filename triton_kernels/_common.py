@@ -214,6 +214,17 @@ def prev_time(t, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def after_step_is_real(r, T, length, REVERSE: tl.constexpr):
+    """[BLOCK_B, 1] whether the step the backward processed at position r - 1 (the step after
+    that of position r, in the forward's order) is real for each row: the rows that add the
+    product of its gate gradients with w_hh. At r = 0 there is none, and a padded step's
+    gradients are zero, but zero times a NaN or inf of w_hh would be NaN, where torch.nn's
+    packed sequences have no such row."""
+    t_after = step_time(T - r, T, REVERSE)
+    return ((r > 0) & (t_after < length))[:, None]
+
+
+@triton.jit
 def finishes(step_begin, step_end, T, SYNC: tl.constexpr):
     """Whether a backward launch applies the product of the last step's gate gradients after
     its loop: the launch that ends the sequence, or in the stepwise layout (SYNC 0 with the

@@ -19,6 +19,7 @@ from torch import Tensor
 from . import _checks, _layout
 from ._barrier import step_arrive, step_wait
 from ._common import (
+    after_step_is_real,
     dot,
     finishes,
     load_operand,
@@ -169,8 +170,9 @@ def rnn_backward_kernel(
         if not OPERAND_IN_REGISTERS:
             # Recurrent part of dh from the step processed before (zeros at r = 0).
             src = xchg_ptr + (r % 2) * xchg_half
-            dh = _rnn_exchanged_product(dh, src, offs_b, w_ptr, w, offs_j, mask_j, H, H_PAD,
-                                        BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32, UPCAST)
+            dh_after = _rnn_exchanged_product(dh, src, offs_b, w_ptr, w, offs_j, mask_j, H, H_PAD,
+                                              BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32, UPCAST)
+            dh = tl.where(after_step_is_real(r, T, length, REVERSE), dh_after, dh)
         t = step_time(T - 1 - r, T, REVERSE)
         out_t = t.to(tl.int64) * B * H + state
         valid = (t < length)[:, None] & mask
@@ -185,7 +187,8 @@ def rnn_backward_kernel(
         # Padded steps pass dh through; on real steps it restarts from zero.
         dh = tl.where(valid, 0.0, dh)
         if OPERAND_IN_REGISTERS:
-            dh = dot(da.to(w_dtype), w, dh, TF32, UPCAST)
+            # (a padded step's rows keep dh: see after_step_is_real)
+            dh = tl.where(valid, dot(da.to(w_dtype), w, dh, TF32, UPCAST), dh)
         else:
             # Publish the gradients first; this step's outputs are stored while the
             # other programs catch up (between arrive and wait).
@@ -201,8 +204,9 @@ def rnn_backward_kernel(
         if finishes(step_begin, step_end, T, SYNC):
             # The product of the last step's gradients: dh is then grad_h0.
             src = xchg_ptr + (T % 2) * xchg_half
-            dh = _rnn_exchanged_product(dh, src, offs_b, w_ptr, w, offs_j, mask_j, H, H_PAD,
-                                        BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32, UPCAST)
+            dh_after = _rnn_exchanged_product(dh, src, offs_b, w_ptr, w, offs_j, mask_j, H, H_PAD,
+                                              BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32, UPCAST)
+            dh = tl.where(after_step_is_real(T, T, length, REVERSE), dh_after, dh)
     tl.store(dh_ptr + state, dh.to(dh_ptr.dtype.element_ty), mask=mask)
 
 
