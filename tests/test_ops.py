@@ -330,10 +330,17 @@ def test_unused_outputs_get_no_gradient(cell, reverse):
 # ---------------------------------------------------------------------------------------------
 
 
+#: first derivatives, and second ones: a backward with create_graph=True runs the
+#: differentiable backward (fused_rnn/reference_backward.py), whose gradients of y and the
+#: workspace come back to the forward op's autograd
+CHECKS = {"gradcheck": torch.autograd.gradcheck, "gradgradcheck": torch.autograd.gradgradcheck}
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("lengths_kind", LENGTHS)
 @pytest.mark.parametrize("reverse", [False, True])
-def test_gradcheck(cell, lengths_kind, reverse):
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_gradcheck(cell, lengths_kind, reverse, check):
     T, B, H = 3, 3, 2
     lengths = make_lengths(lengths_kind, T, B)
     t = random_inputs(cell, T, B, H, H, F64)
@@ -343,10 +350,11 @@ def test_gradcheck(cell, lengths_kind, reverse):
         values = dict(t, **dict(zip(names, leaves)))
         return tuple(run_op(cell, values, lengths, reverse))
 
-    torch.autograd.gradcheck(fn, [t[k] for k in names])
+    CHECKS[check](fn, [t[k] for k in names])
 
 
-def test_gradcheck_lstm_projection():
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_gradcheck_lstm_projection(check):
     lengths = torch.tensor([3, 1])
     t = random_inputs("lstm", 3, 2, 3, 2, F64, proj=True)
     names = [k for k, v in t.items() if v is not None]
@@ -355,38 +363,10 @@ def test_gradcheck_lstm_projection():
         values = dict(t, **dict(zip(names, leaves)))
         return tuple(run_op("lstm", values, lengths, True))
 
-    torch.autograd.gradcheck(fn, [t[k] for k in names])
+    CHECKS[check](fn, [t[k] for k in names])
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
-@pytest.mark.parametrize("lengths_kind", LENGTHS)
-@pytest.mark.parametrize("reverse", [False, True])
-def test_gradgradcheck(cell, lengths_kind, reverse):
-    """Second derivatives: the backward with create_graph=True runs the differentiable
-    backward (fused_rnn/reference_backward.py), whose gradients of y and the workspace come
-    back to the forward op's autograd."""
-    T, B, H = 3, 3, 2
-    lengths = make_lengths(lengths_kind, T, B)
-    t = random_inputs(cell, T, B, H, H, F64)
-    names = [k for k, v in t.items() if v is not None]
-
-    def fn(*leaves):
-        values = dict(t, **dict(zip(names, leaves)))
-        return tuple(run_op(cell, values, lengths, reverse))
-
-    torch.autograd.gradgradcheck(fn, [t[k] for k in names])
-
-
-def test_gradgradcheck_lstm_projection_and_linear():
-    lengths = torch.tensor([3, 1])
-    t = random_inputs("lstm", 3, 2, 3, 2, F64, proj=True)
-    names = [k for k, v in t.items() if v is not None]
-
-    def fn(*leaves):
-        values = dict(t, **dict(zip(names, leaves)))
-        return tuple(run_op("lstm", values, lengths, True))
-
-    torch.autograd.gradgradcheck(fn, [t[k] for k in names])
+def test_gradgradcheck_linear():
     x = torch.randn(2, 3, 4, dtype=F64, requires_grad=True)
     w = torch.randn(5, 4, dtype=F64, requires_grad=True)
     b = torch.randn(5, dtype=F64, requires_grad=True)

@@ -15,7 +15,7 @@
 //
 // `carry` is the part of the gradient reaching h that does not come through W_hh: grad_h_n at
 // the start; on a real step it becomes 0 (LSTM, RNN) or dh * z (GRU); on a padded step the
-// whole dh passes through (the product adds zeros there: padded rows of dG are zero). This is
+// whole dh passes through (the product of a padded step is left out: after_product). This is
 // the CPU backend's "dh is zeroed on real steps and the GEMM accumulates" in a fused form.
 // dW_hh and db_hh are GEMMs over all steps after the kernel (weight_grad.cpp).
 #pragma once
