@@ -1,6 +1,12 @@
 // Autograd of the compiled ops (CPU and CUDA kernels alike): one torch::autograd::Function per
-// forward op, whose backward calls the matching backward op (which has no autograd of its own:
-// double backward is refused, below).
+// forward op, whose backward calls the matching backward op. That op's kernels are not
+// differentiable: a backward that records a graph (create_graph=True, on the way to a second
+// derivative) calls {cell}_backward_differentiable instead, the same gradients in differentiable
+// torch ops from the same saved tensors (fused_rnn/reference_backward.py). Those read y and the
+// workspace (gates, cs), outputs of the forward op, so the part of a second derivative that
+// depends on gx reaches this Function again as gradients of the workspace; a backward that gets
+// them takes the differentiable path too. A first derivative without a graph runs the kernels
+// only, and the forward saves nothing more for the second.
 //
 // Registered for the Autograd key here, in C++, rather than with torch.library.register_autograd
 // in Python: that runs a Python function on every call, grad mode or not (~8 us per op in
@@ -60,11 +66,19 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
                                                    std::array<bool, 3>)>(
             "fused_rnn::linear_backward");
     const auto saved = ctx->get_saved_variables();
+    const Tensor &input = saved[0], &weight = saved[1];
     // needs_input_grad counts the tensor inputs that were given: bias is the third when present
     const std::array<bool, 3> mask = {
         ctx->needs_input_grad(0), ctx->needs_input_grad(1),
         ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)};
-    auto [grad_input, grad_weight, grad_bias] = op.call(grads[0], saved[0], saved[1], mask);
+    if (at::GradMode::is_enabled()) {
+      // A graph of the backward is wanted: the same products in differentiable ATen ops.
+      const Tensor grad_rows = grads[0].reshape({-1, weight.size(0)});
+      return {mask[0] ? at::matmul(grads[0], weight) : Tensor(),
+              mask[1] ? grad_rows.t().mm(input.reshape({-1, weight.size(1)})) : Tensor(),
+              mask[2] ? grad_rows.sum(0) : Tensor()};
+    }
+    auto [grad_input, grad_weight, grad_bias] = op.call(grads[0], input, weight, mask);
     return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(),
             mask[2] ? grad_bias : Tensor()};
   }
@@ -78,16 +92,38 @@ Tensor linear_autograd(const Tensor& input, const Tensor& weight, const optional
   return LinearFunction::apply(input, weight, bias);
 }
 
+// Whether a backward takes the differentiable path: it records a graph, or gradients reach the
+// workspace (only on the way to a second derivative).
+bool differentiable_backward(std::initializer_list<std::reference_wrapper<const Tensor>>
+                                 workspace_grads = {}) {
+  if (at::GradMode::is_enabled()) return true;
+  for (const Tensor& grad : workspace_grads) {
+    if (grad.defined()) return true;
+  }
+  return false;
+}
+
 // ---------------------------------------------------------------------------------------------
 // fused_rnn::lstm_forward: saves its inputs, y and the workspace (gates, cs).
 // ---------------------------------------------------------------------------------------------
 
 using LstmOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+using LstmDifferentiableBackwardOp = LstmOutputs(
+    const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&,
+    const optional<Tensor>&, const optional<Tensor>&, const Tensor&, const optional<Tensor>&,
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    const optional<Tensor>&, bool);
 
 class LstmFunction : public torch::autograd::Function<LstmFunction> {
  public:
   static const c10::TypedOperatorHandle<LstmForwardOp>& op() {
     static const auto op = find_op<LstmForwardOp>("fused_rnn::lstm_forward");
+    return op;
+  }
+
+  static const c10::TypedOperatorHandle<LstmDifferentiableBackwardOp>& differentiable_op() {
+    static const auto op =
+        find_op<LstmDifferentiableBackwardOp>("fused_rnn::lstm_backward_differentiable");
     return op;
   }
 
@@ -100,12 +136,12 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
                             saved_or_undefined(lengths)});
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["saved_workspace"] = save;
-    ctx->mark_non_differentiable({gates, cs});
     ctx->set_materialize_grads(false);
     return {y, h_n, c_n, gates, cs};
   }
 
-  // grads: of y, h_n, c_n (and of the non-differentiable gates, cs)
+  // grads: of y, h_n, c_n, gates, cs (those of the workspace only on the way to a second
+  // derivative)
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<LstmOutputs(
         const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&, const Tensor&,
@@ -115,10 +151,16 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     const auto s = ctx->get_saved_variables();
     const Tensor &w_hh = s[0], &w_hr = s[1], &h0 = s[2], &c0 = s[3], &y = s[4], &gates = s[5],
                  &cs = s[6], &lengths = s[7];
+    const bool reverse = ctx->saved_data["reverse"].toBool();
     auto [grad_gx, grad_w_hh, grad_w_hr, grad_h0, grad_c0] =
-        op.call(grad_or_none(grads[0]), grad_or_none(grads[1]), grad_or_none(grads[2]), w_hh,
-                grad_or_none(w_hr), h0, c0, y, gates, cs, grad_or_none(lengths),
-                ctx->saved_data["reverse"].toBool());
+        differentiable_backward({grads[3], grads[4]})
+            ? differentiable_op().call(grad_or_none(grads[0]), grad_or_none(grads[1]),
+                                       grad_or_none(grads[2]), grad_or_none(grads[3]),
+                                       grad_or_none(grads[4]), w_hh, grad_or_none(w_hr), h0, c0,
+                                       y, gates, cs, grad_or_none(lengths), reverse)
+            : op.call(grad_or_none(grads[0]), grad_or_none(grads[1]), grad_or_none(grads[2]),
+                      w_hh, grad_or_none(w_hr), h0, c0, y, gates, cs, grad_or_none(lengths),
+                      reverse);
     return {grad_gx, grad_w_hh, w_hr.defined() ? grad_w_hr : Tensor(), grad_h0, grad_c0,
             Tensor(), Tensor(), Tensor()};
   }
@@ -140,10 +182,22 @@ LstmOutputs lstm_forward_autograd(const Tensor& gx, const Tensor& w_hh,
 // fused_rnn::gru_forward: saves w_hh, h0, y, the workspace (gates) and lengths.
 // ---------------------------------------------------------------------------------------------
 
+using GruOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+using GruDifferentiableBackwardOp = GruOutputs(const optional<Tensor>&, const optional<Tensor>&,
+                                              const optional<Tensor>&, const Tensor&,
+                                              const Tensor&, const Tensor&, const Tensor&,
+                                              const optional<Tensor>&, bool);
+
 class GruFunction : public torch::autograd::Function<GruFunction> {
  public:
   static const c10::TypedOperatorHandle<GruForwardOp>& op() {
     static const auto op = find_op<GruForwardOp>("fused_rnn::gru_forward");
+    return op;
+  }
+
+  static const c10::TypedOperatorHandle<GruDifferentiableBackwardOp>& differentiable_op() {
+    static const auto op =
+        find_op<GruDifferentiableBackwardOp>("fused_rnn::gru_backward_differentiable");
     return op;
   }
 
@@ -156,21 +210,26 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["saved_workspace"] = save;
     ctx->saved_data["has_bias"] = has(b_hh);
-    ctx->mark_non_differentiable({gates});
     ctx->set_materialize_grads(false);
     return {y, h_n, gates};
   }
 
-  // grads: of y, h_n (and of the non-differentiable gates)
+  // grads: of y, h_n, gates (that of the workspace only on the way to a second derivative)
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = find_op<std::tuple<Tensor, Tensor, Tensor, Tensor>(
+    static const auto op = find_op<GruOutputs(
         const optional<Tensor>&, const optional<Tensor>&, const Tensor&, const Tensor&,
         const Tensor&, const Tensor&, const optional<Tensor>&, bool)>("fused_rnn::gru_backward");
     TORCH_CHECK(ctx->saved_data["saved_workspace"].toBool(), kNoWorkspace);
     const auto s = ctx->get_saved_variables();
+    const Tensor &w_hh = s[0], &h0 = s[1], &y = s[2], &gates = s[3], &lengths = s[4];
+    const bool reverse = ctx->saved_data["reverse"].toBool();
     auto [grad_gx, grad_w_hh, grad_b_hh, grad_h0] =
-        op.call(grad_or_none(grads[0]), grad_or_none(grads[1]), s[0], s[1], s[2], s[3],
-                grad_or_none(s[4]), ctx->saved_data["reverse"].toBool());
+        differentiable_backward({grads[2]})
+            ? differentiable_op().call(grad_or_none(grads[0]), grad_or_none(grads[1]),
+                                       grad_or_none(grads[2]), w_hh, h0, y, gates,
+                                       grad_or_none(lengths), reverse)
+            : op.call(grad_or_none(grads[0]), grad_or_none(grads[1]), w_hh, h0, y, gates,
+                      grad_or_none(lengths), reverse);
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     return {grad_gx, grad_w_hh, has_bias ? grad_b_hh : Tensor(), grad_h0,
             Tensor(), Tensor(), Tensor()};
@@ -209,6 +268,11 @@ class RnnFunction : public torch::autograd::Function<RnnFunction<Name>> {
     return op;
   }
 
+  static const c10::TypedOperatorHandle<RnnBackwardOp>& differentiable_op() {
+    static const auto op = find_op<RnnBackwardOp>(Name::backward_differentiable);
+    return op;
+  }
+
   static variable_list forward(AutogradContext* ctx, const Tensor& gx, const Tensor& w_hh,
                                const Tensor& h0, const optional<Tensor>& lengths, bool reverse) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -223,9 +287,11 @@ class RnnFunction : public torch::autograd::Function<RnnFunction<Name>> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<RnnBackwardOp>(Name::backward);
     const auto s = ctx->get_saved_variables();
+    // Same schema: the differentiable backward needs no workspace gradients (there is none).
+    const auto& backward_op = differentiable_backward() ? differentiable_op() : op;
     auto [grad_gx, grad_w_hh, grad_h0] =
-        op.call(grad_or_none(grads[0]), grad_or_none(grads[1]), s[0], s[1], s[2],
-                grad_or_none(s[3]), ctx->saved_data["reverse"].toBool());
+        backward_op.call(grad_or_none(grads[0]), grad_or_none(grads[1]), s[0], s[1], s[2],
+                         grad_or_none(s[3]), ctx->saved_data["reverse"].toBool());
     return {grad_gx, grad_w_hh, grad_h0, Tensor(), Tensor()};
   }
 };
@@ -243,17 +309,17 @@ std::tuple<Tensor, Tensor> rnn_forward_autograd(const Tensor& gx, const Tensor& 
 }
 
 // ---------------------------------------------------------------------------------------------
-// The backward ops: no derivative of their own. A call that would record a graph through one
-// (a backward with create_graph=True, on the way to a second derivative) is refused; without
-// an Autograd kernel torch's fallback only warns, and the second derivatives come out wrong.
+// The backward ops: no derivative of their own (the Functions above never record a graph
+// through them). A direct call that would record one is refused; without an Autograd kernel
+// torch's fallback only warns, and the second derivatives come out wrong.
 // ---------------------------------------------------------------------------------------------
 
 void backward_op_autograd(const c10::OperatorHandle& op, c10::Stack* stack) {
   if (at::GradMode::is_enabled()) {
     for (const c10::IValue& arg : torch::jit::last(*stack, op.schema().arguments().size())) {
       TORCH_CHECK(!(arg.isTensor() && arg.toTensor().requires_grad()), op.schema().name(),
-                  ": double backward (a gradient of a gradient, create_graph=True) through "
-                  "fused_rnn's ops is not supported");
+                  " is not differentiable: differentiate the forward op instead (its backward "
+                  "with create_graph=True is differentiable)");
     }
   }
   at::AutoDispatchBelowADInplaceOrView below_autograd;

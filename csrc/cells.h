@@ -26,10 +26,17 @@ namespace fused_rnn {
 // row loops of the CPU kernels auto-vectorise: a call to libm's expf would stop that, and the
 // pointwise pass would then cost more than the recurrent GEMM. double uses libm (fp64 is the
 // gradcheck dtype, where accuracy is the point). On the device, expf/exp are the CUDA ones.
+//
+// Non-finite values go through as in torch: NaN stays NaN (every comparison below is false for
+// it), and e^x overflows to inf, so that σ(-inf) and σ of a large negative number are exactly 0
+// (as torch's sigmoid gives) and their derivative σ(1 - σ) exactly 0: an inf multiplied by it
+// is then NaN in our gradients as in torch's, not a finite or infinite leftover.
 // ------------------------------------------------------------------------------------------
 
 #if !defined(__CUDA_ARCH__)
 inline __attribute__((always_inline)) float host_expf(float x) {
+  constexpr float kOverflow = 88.72283935546875f;  // ln(FLT_MAX): beyond it e^x is no float
+  const bool overflows = x > kOverflow;
   // e^x = 2^n * e^r with n = round(x / ln2), |r| <= ln2 / 2.
   x = x < -87.0f ? -87.0f : x;  // keeps 2^n a normal number and the result finite
   x = x > 88.0f ? 88.0f : x;
@@ -44,10 +51,11 @@ inline __attribute__((always_inline)) float host_expf(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
+  // A NaN x gives a NaN p; whatever its n makes of the scale, p * scale is NaN.
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   scale = __builtin_bit_cast(float, bits);
-  return p * scale;
+  return overflows ? __builtin_inff() : p * scale;
 }
 #endif
 
@@ -71,9 +79,10 @@ FUSED_RNN_HOST_DEVICE T sigmoid(T x) {
 FUSED_RNN_HOST_DEVICE float tanh_(float x) { return 1.0f - 2.0f / (exp_(2.0f * x) + 1.0f); }
 FUSED_RNN_HOST_DEVICE double tanh_(double x) { return tanh(x); }
 
+// NaN passes through, as in torch.relu (x > 0 ? x : 0 would make it 0).
 template <typename T>
 FUSED_RNN_HOST_DEVICE T relu_(T x) {
-  return x > T(0) ? x : T(0);
+  return x < T(0) ? T(0) : x;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -172,7 +181,8 @@ FUSED_RNN_HOST_DEVICE T rnn_cell_backward(T h, T dh) {
   if constexpr (kAct == Nonlinearity::kTanh) {
     return dh * (T(1) - h * h);
   } else {
-    return h > T(0) ? dh : T(0);
+    // torch's threshold_backward: no gradient where h <= 0, so a NaN h passes dh on
+    return h <= T(0) ? T(0) : dh;
   }
 }
 

@@ -49,12 +49,16 @@ inline bool records_graph(
 struct RnnTanhOps {
   static constexpr const char* forward = "fused_rnn::rnn_tanh_forward";
   static constexpr const char* backward = "fused_rnn::rnn_tanh_backward";
+  static constexpr const char* backward_differentiable =
+      "fused_rnn::rnn_tanh_backward_differentiable";
   static constexpr const char* cell = "fused_rnn::rnn_tanh_cell";
 };
 
 struct RnnReluOps {
   static constexpr const char* forward = "fused_rnn::rnn_relu_forward";
   static constexpr const char* backward = "fused_rnn::rnn_relu_backward";
+  static constexpr const char* backward_differentiable =
+      "fused_rnn::rnn_relu_backward_differentiable";
   static constexpr const char* cell = "fused_rnn::rnn_relu_cell";
 };
 

@@ -34,6 +34,12 @@
 // Implementations: csrc/cpu (CPU), csrc/cuda (CUDA), fused_rnn/triton_kernels (the *_triton ops,
 // same schemas). Fake kernels and autograd: fused_rnn/_ops.py. Readable definition:
 // fused_rnn/reference.py.
+//
+// The backward ops are not differentiable. A backward that must record a graph (create_graph,
+// for a second derivative), or that gets gradients for the workspace (which is how a second
+// derivative reaches gx), calls {cell}_backward_differentiable instead: the same gradients in
+// differentiable torch ops, plus those of the workspace (fused_rnn/reference_backward.py,
+// registered from Python as their CompositeImplicitAutograd kernel).
 
 #include <Python.h>
 #include <torch/library.h>
@@ -138,6 +144,24 @@ TORCH_LIBRARY(fused_rnn, m) {
   m.def(
       "rnn_relu_backward(Tensor? grad_y, Tensor? grad_h_n, Tensor w_hh, Tensor h0, Tensor y, "
       "Tensor? lengths, bool reverse) -> (Tensor grad_gx, Tensor grad_w_hh, Tensor grad_h0)");
+
+  m.def(
+      "lstm_backward_differentiable(Tensor? grad_y, Tensor? grad_h_n, Tensor? grad_c_n, "
+      "Tensor? grad_gates, Tensor? grad_cs, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, "
+      "Tensor y, Tensor gates, Tensor cs, Tensor? lengths, bool reverse) "
+      "-> (Tensor grad_gx, Tensor grad_w_hh, Tensor grad_w_hr, Tensor grad_h0, Tensor grad_c0)");
+  m.def(
+      "gru_backward_differentiable(Tensor? grad_y, Tensor? grad_h_n, Tensor? grad_gates, "
+      "Tensor w_hh, Tensor h0, Tensor y, Tensor gates, Tensor? lengths, bool reverse) "
+      "-> (Tensor grad_gx, Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_h0)");
+  m.def(
+      "rnn_tanh_backward_differentiable(Tensor? grad_y, Tensor? grad_h_n, Tensor w_hh, "
+      "Tensor h0, Tensor y, Tensor? lengths, bool reverse) "
+      "-> (Tensor grad_gx, Tensor grad_w_hh, Tensor grad_h0)");
+  m.def(
+      "rnn_relu_backward_differentiable(Tensor? grad_y, Tensor? grad_h_n, Tensor w_hh, "
+      "Tensor h0, Tensor y, Tensor? lengths, bool reverse) "
+      "-> (Tensor grad_gx, Tensor grad_w_hh, Tensor grad_h0)");
 
   // One step of a cell: linear + the recurrence op at T = 1, composed in C++ (cell_step.cpp)
   // so that a step is one call from Python. input [B, I], h/c [B, H], torch.nn's weights.

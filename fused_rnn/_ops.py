@@ -1,13 +1,16 @@
-"""Loads ``fused_rnn._C`` and registers the fake kernels of its ops, and the autograd of the
-Triton ops.
+"""Loads ``fused_rnn._C`` and registers the fake kernels of its ops, the differentiable
+backward ops, and the autograd of the Triton ops.
 
 The schemas live in ``csrc/ops.cpp``. Every forward op has a backward op; autograd of the
-forward calls the backward op, which has no autograd of its own (no double backward). The
-compiled ops (CPU and CUDA) have their autograd in C++ (``csrc/autograd.cpp``: a Python
-autograd function would run on every call, ~8 us per op even without grad). The Triton ops
-(``fused_rnn::*_triton``), Python themselves, have the same schemas and get the same autograd
-here through :func:`register_op_family` (``torch.library.triton_op`` derives their fake kernels
-from the ops' Python bodies).
+forward calls the backward op, whose kernels are not differentiable. A backward that records a
+graph (``create_graph=True``, for a second derivative) or gets gradients of the workspace calls
+``fused_rnn::{cell}_backward_differentiable`` instead: :mod:`fused_rnn.reference_backward`,
+registered here as their CompositeImplicitAutograd kernel. The compiled ops (CPU and CUDA) have
+their autograd in C++ (``csrc/autograd.cpp``: a Python autograd function would run on every
+call, ~8 us per op even without grad). The Triton ops (``fused_rnn::*_triton``), Python
+themselves, have the same schemas and get the same autograd here through
+:func:`register_op_family` (``torch.library.triton_op`` derives their fake kernels from the
+ops' Python bodies).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import os
 
 import torch
+
+from . import reference_backward
 
 _REBUILD = "pip install --no-build-isolation -e ."
 
@@ -129,7 +134,9 @@ def rnn_backward_fake(grad_y, grad_h_n, w_hh, h0, y, lengths, reverse):
 # ---------------------------------------------------------------------------------------------
 # Autograd of the Triton ops, as csrc/autograd.cpp's of the compiled ops: the forward op saves
 # its inputs, y and the workspace; the backward op consumes them. Gradients that do not reach an
-# output arrive as None and are passed to the op as None (zero).
+# output arrive as None and are passed to the op as None (zero). A backward that records a graph,
+# or that gets gradients of the workspace (on the way to a second derivative), runs
+# fused_rnn.reference_backward instead, whose ops are differentiable.
 # ---------------------------------------------------------------------------------------------
 
 _NO_WORKSPACE = (
@@ -138,22 +145,31 @@ _NO_WORKSPACE = (
 )
 
 
+def _differentiable_backward(*workspace_grads) -> bool:
+    """Whether a backward runs fused_rnn.reference_backward: it records a graph, or gradients
+    reach the workspace."""
+    return torch.is_grad_enabled() or any(g is not None for g in workspace_grads)
+
+
 def _lstm_autograd(backward_op):
     def setup_context(ctx, inputs, output):
         gx, w_hh, w_hr, h0, c0, lengths, reverse, save = inputs
         y, h_n, c_n, gates, cs = output
         ctx.save_for_backward(w_hh, w_hr, h0, c0, y, gates, cs, lengths)
         ctx.reverse, ctx.saved_workspace = reverse, save
-        ctx.mark_non_differentiable(gates, cs)
         ctx.set_materialize_grads(False)
 
-    def backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, _grad_cs):
+    def backward(ctx, grad_y, grad_h_n, grad_c_n, grad_gates, grad_cs):
         if not ctx.saved_workspace:
             raise RuntimeError(_NO_WORKSPACE)
         w_hh, w_hr, h0, c0, y, gates, cs, lengths = ctx.saved_tensors
-        grad_gx, grad_w_hh, grad_w_hr, grad_h0, grad_c0 = backward_op(
-            grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, ctx.reverse
-        )
+        if _differentiable_backward(grad_gates, grad_cs):
+            grads = reference_backward.lstm(grad_y, grad_h_n, grad_c_n, grad_gates, grad_cs, w_hh,
+                                            w_hr, h0, c0, y, gates, cs, lengths, ctx.reverse)
+        else:
+            grads = backward_op(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, y, gates, cs,
+                                lengths, ctx.reverse)
+        grad_gx, grad_w_hh, grad_w_hr, grad_h0, grad_c0 = grads
         grad_w_hr = grad_w_hr if w_hr is not None else None
         return grad_gx, grad_w_hh, grad_w_hr, grad_h0, grad_c0, None, None, None
 
@@ -166,23 +182,25 @@ def _gru_autograd(backward_op):
         y, h_n, gates = output
         ctx.save_for_backward(w_hh, h0, y, gates, lengths)
         ctx.reverse, ctx.saved_workspace, ctx.has_bias = reverse, save, b_hh is not None
-        ctx.mark_non_differentiable(gates)
         ctx.set_materialize_grads(False)
 
-    def backward(ctx, grad_y, grad_h_n, _grad_gates):
+    def backward(ctx, grad_y, grad_h_n, grad_gates):
         if not ctx.saved_workspace:
             raise RuntimeError(_NO_WORKSPACE)
         w_hh, h0, y, gates, lengths = ctx.saved_tensors
-        grad_gx, grad_w_hh, grad_b_hh, grad_h0 = backward_op(
-            grad_y, grad_h_n, w_hh, h0, y, gates, lengths, ctx.reverse
-        )
+        if _differentiable_backward(grad_gates):
+            grads = reference_backward.gru(grad_y, grad_h_n, grad_gates, w_hh, h0, y, gates,
+                                           lengths, ctx.reverse)
+        else:
+            grads = backward_op(grad_y, grad_h_n, w_hh, h0, y, gates, lengths, ctx.reverse)
+        grad_gx, grad_w_hh, grad_b_hh, grad_h0 = grads
         grad_b_hh = grad_b_hh if ctx.has_bias else None
         return grad_gx, grad_w_hh, grad_b_hh, grad_h0, None, None, None
 
     return setup_context, backward
 
 
-def _rnn_autograd(backward_op):
+def _rnn_autograd(backward_op, differentiable_backward):
     def setup_context(ctx, inputs, output):
         gx, w_hh, h0, lengths, reverse = inputs
         y, h_n = output
@@ -192,18 +210,27 @@ def _rnn_autograd(backward_op):
 
     def backward(ctx, grad_y, grad_h_n):
         w_hh, h0, y, lengths = ctx.saved_tensors
-        grad_gx, grad_w_hh, grad_h0 = backward_op(grad_y, grad_h_n, w_hh, h0, y, lengths, ctx.reverse)
+        run = differentiable_backward if _differentiable_backward() else backward_op
+        grad_gx, grad_w_hh, grad_h0 = run(grad_y, grad_h_n, w_hh, h0, y, lengths, ctx.reverse)
         return grad_gx, grad_w_hh, grad_h0, None, None
 
     return setup_context, backward
+
+
+def _rnn_tanh_autograd(backward_op):
+    return _rnn_autograd(backward_op, reference_backward.rnn_tanh)
+
+
+def _rnn_relu_autograd(backward_op):
+    return _rnn_autograd(backward_op, reference_backward.rnn_relu)
 
 
 #: cell -> (fake forward, fake backward, autograd factory of the Triton ops)
 _FAMILY = {
     "lstm": (lstm_forward_fake, lstm_backward_fake, _lstm_autograd),
     "gru": (gru_forward_fake, gru_backward_fake, _gru_autograd),
-    "rnn_tanh": (rnn_forward_fake, rnn_backward_fake, _rnn_autograd),
-    "rnn_relu": (rnn_forward_fake, rnn_backward_fake, _rnn_autograd),
+    "rnn_tanh": (rnn_forward_fake, rnn_backward_fake, _rnn_tanh_autograd),
+    "rnn_relu": (rnn_forward_fake, rnn_backward_fake, _rnn_relu_autograd),
 }
 
 CELLS = tuple(_FAMILY)
@@ -218,18 +245,26 @@ def register_compiled_fakes() -> None:
         torch.library.register_fake(f"fused_rnn::{cell}_backward")(backward_fake)
 
 
+def register_differentiable_backwards() -> None:
+    """fused_rnn.reference_backward as the kernels of ``fused_rnn::{cell}_backward_differentiable``
+    (CompositeImplicitAutograd: made of differentiable ops, on any device, traced through)."""
+    for cell in _FAMILY:
+        torch.library.impl(f"fused_rnn::{cell}_backward_differentiable",
+                           "CompositeImplicitAutograd")(getattr(reference_backward, cell))
+
+
 def _refuse_double_backward(ctx, *grads):
     raise RuntimeError(
-        "fused_rnn: double backward (a gradient of a gradient, create_graph=True) through "
-        "fused_rnn's ops is not supported"
+        "fused_rnn: a backward op is not differentiable: differentiate the forward op instead "
+        "(its backward with create_graph=True is differentiable)"
     )
 
 
 def register_op_family(suffix: str) -> None:
     """Registers the autograd of ``fused_rnn::{cell}_forward{suffix}`` (calling
     ``fused_rnn::{cell}_backward{suffix}``) for every cell: for Python ops such as the Triton
-    ones, which bring their own fake kernels. The backward ops get one that refuses a second
-    derivative (without any, torch only warns and computes it wrong)."""
+    ones, which bring their own fake kernels. The backward ops get one that refuses to be
+    differentiated when called directly (without any, torch only warns and computes it wrong)."""
     for cell, (_, _, autograd) in _FAMILY.items():
         backward_name = f"fused_rnn::{cell}_backward{suffix}"
         backward_op = getattr(torch.ops.fused_rnn, f"{cell}_backward{suffix}").default
@@ -241,3 +276,4 @@ def register_op_family(suffix: str) -> None:
 
 
 register_compiled_fakes()
+register_differentiable_backwards()

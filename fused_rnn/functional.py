@@ -239,6 +239,8 @@ def _stack(
             c0 = x.new_zeros(num_layers * num_directions, B, hidden, dtype=dtype)
         else:
             _check_hidden("hidden[1]", c0, (num_layers * num_directions, B, hidden), x, autocast)
+    if T == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")  # torch.nn's
     lengths = check_lengths(lengths, T, B, x.device)
 
     if autocast:

@@ -42,6 +42,14 @@ def _emit(mask: Tensor | None, h: Tensor) -> Tensor:
     return h if mask is None else torch.where(mask, h, torch.zeros_like(h))
 
 
+def _step_inputs(mask: Tensor | None, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """The rows a step computes on: those of finished sequences (or, in reverse, of sequences
+    not yet begun) are zeros, and their results are dropped. Computed on their own state, a NaN
+    or inf there would reach the gradients through the dropped results (0 * inf), where the
+    row of a PackedSequence does not exist."""
+    return tuple(_emit(mask, t) for t in tensors)
+
+
 def lstm(
     gx: Tensor,
     w_hh: Tensor,
@@ -58,13 +66,14 @@ def lstm(
     w_hr = None if w_hr is None else w_hr.to(cdt)
     ys = [None] * gx.shape[0]
     for t in _time_steps(gx.shape[0], reverse):
-        i, f, g, o = (gx[t] + h @ w_hh.t()).chunk(4, dim=1)
+        mask = _step_mask(lengths, t, h)
+        x_t, h_in, c_in = _step_inputs(mask, gx[t], h, c)
+        i, f, g, o = (x_t + h_in @ w_hh.t()).chunk(4, dim=1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        c_new = f * c + i * g
+        c_new = f * c_in + i * g
         h_new = o * torch.tanh(c_new)
         if w_hr is not None:
             h_new = h_new @ w_hr.t()
-        mask = _step_mask(lengths, t, h)
         ys[t] = _emit(mask, h_new)
         h, c = _advance(mask, h_new, h), _advance(mask, c_new, c)
     y = torch.stack(ys) if ys else gx.new_zeros(0, h.shape[0], h.shape[1])
@@ -86,16 +95,17 @@ def gru(
     b_hh = None if b_hh is None else b_hh.to(cdt)
     ys = [None] * gx.shape[0]
     for t in _time_steps(gx.shape[0], reverse):
-        gh = h @ w_hh.t()
+        mask = _step_mask(lengths, t, h)
+        x_t, h_in = _step_inputs(mask, gx[t], h)
+        gh = h_in @ w_hh.t()
         if b_hh is not None:
             gh = gh + b_hh
-        x_r, x_z, x_n = gx[t].chunk(3, dim=1)
+        x_r, x_z, x_n = x_t.chunk(3, dim=1)
         h_r, h_z, h_n = gh.chunk(3, dim=1)
         r = torch.sigmoid(x_r + h_r)
         z = torch.sigmoid(x_z + h_z)
         n = torch.tanh(x_n + r * h_n)
-        h_new = (1 - z) * n + z * h
-        mask = _step_mask(lengths, t, h)
+        h_new = (1 - z) * n + z * h_in
         ys[t] = _emit(mask, h_new)
         h = _advance(mask, h_new, h)
     y = torch.stack(ys) if ys else gx.new_zeros(0, h.shape[0], h.shape[1])
@@ -108,8 +118,9 @@ def _rnn(activation, gx, w_hh, h0, lengths, reverse):
     gx, w_hh, h = gx.to(cdt), w_hh.to(cdt), h0.to(cdt)
     ys = [None] * gx.shape[0]
     for t in _time_steps(gx.shape[0], reverse):
-        h_new = activation(gx[t] + h @ w_hh.t())
         mask = _step_mask(lengths, t, h)
+        x_t, h_in = _step_inputs(mask, gx[t], h)
+        h_new = activation(x_t + h_in @ w_hh.t())
         ys[t] = _emit(mask, h_new)
         h = _advance(mask, h_new, h)
     y = torch.stack(ys) if ys else gx.new_zeros(0, h.shape[0], h.shape[1])

@@ -15,6 +15,40 @@ LAYERS = {
 }
 
 
+#: fused_rnn cell class, torch.nn cell class, extra constructor kwargs
+CELL_MODULES = {
+    "lstm": (fused_rnn.LSTMCell, torch.nn.LSTMCell, {}),
+    "gru": (fused_rnn.GRUCell, torch.nn.GRUCell, {}),
+    "rnn_tanh": (fused_rnn.RNNCell, torch.nn.RNNCell, {"nonlinearity": "tanh"}),
+    "rnn_relu": (fused_rnn.RNNCell, torch.nn.RNNCell, {"nonlinearity": "relu"}),
+}
+
+
+class Unrolled(torch.nn.Module):
+    """A cell run over the steps of a sequence, the way cells are used: (output, final state)
+    like a layer's."""
+
+    def __init__(self, cell_module):
+        super().__init__()
+        self.cell = cell_module
+
+    def forward(self, x, hx=None):
+        h, outputs = hx, []
+        for x_t in x:
+            h = self.cell(x_t, h)
+            outputs.append(h[0] if isinstance(h, tuple) else h)
+        return torch.stack(outputs), h
+
+
+def make_cell_pair(cell: str, *args, dtype=torch.float32, backend="auto", **kwargs):
+    """A torch.nn cell and the fused_rnn cell with the same weights, each unrolled over time."""
+    fused_cls, torch_cls, extra = CELL_MODULES[cell]
+    reference = torch_cls(*args, dtype=dtype, **extra, **kwargs)
+    fused = fused_cls(*args, dtype=dtype, backend=backend, **extra, **kwargs)
+    fused.load_state_dict(reference.state_dict())
+    return Unrolled(fused), Unrolled(reference)
+
+
 def make_pair(cell: str, *args, dtype=torch.float32, device="cpu", backend="auto", **kwargs):
     """A torch.nn layer and the fused_rnn layer with the same weights."""
     fused_cls, torch_cls, extra = LAYERS[cell]
@@ -65,3 +99,15 @@ def low_precision_bound(ours, reference_lowp, reference_fp64, *, factor: float =
         assert ours_err <= factor * ref_err + floor, (
             f"#{index}: error {ours_err:.3e} exceeds {factor} x the reference's {ref_err:.3e} + {floor}"
         )
+
+
+def assert_same_nonfinite(ours, theirs, label, *, atol=1e-4, rtol=1e-3):
+    """NaN, +inf and -inf in the same places in each pair of tensors, the finite values close."""
+    for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        for kind, test in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+            assert torch.equal(test(a), test(b)), (
+                f"{label}, tensor #{index}: {kind} at {test(a).sum()} places, expected "
+                f"{test(b).sum()}")
+        finite = torch.isfinite(b)
+        torch.testing.assert_close(a[finite], b[finite], atol=atol, rtol=rtol,
+                                   msg=lambda m: f"{label}, tensor #{index}: {m}")

@@ -22,6 +22,7 @@ fp16/bf16, as torch would) -- never a loose fixed atol.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -33,6 +34,7 @@ import torch
 import fused_rnn
 from fused_rnn import _ops
 from fused_rnn import reference
+from helpers import assert_same_nonfinite
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
@@ -555,6 +557,31 @@ def test_emulated_half_precision(cell, dtype, algo):
     for v in list(fwd.values()) + list(bwd.values()):
         assert v.dtype == dtype
     check_lowp_against_reference(cell, inp, True, fwd, bwd, grads)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("device", [EMU_PERSISTENT, EMU_FALLBACK], ids=["persistent", "fallback"])
+def test_emulated_nonfinite_like_reference(cell, device):
+    """NaN and ±inf in gx, w_hh, h0 (c0, b_hh) go through the kernels' maths (cells.h: relu
+    keeps NaN, e^x overflows to inf so that σ(-inf) is 0) as through torch's ops: every output
+    and gradient has NaN and inf where fused_rnn.reference's have them. The host emulation runs
+    the kernel bodies with the host's exp, not the device's expf."""
+    T, B, H = 3, 2, 5
+    places = [("gx", (1, 0, 2)), ("w_hh", (GATES[cell] * H - 1, 1)), ("h0", (1, 3))]
+    places += {"lstm": [("c0", (0, 4))], "gru": [("b_hh", (2 * H + 1,))]}.get(cell, [])
+    for (name, index), value, reverse in itertools.product(
+            places, (float("nan"), float("inf"), float("-inf")), (False, True)):
+        inp = make_inputs(cell, T, B, H, lengths=[3, 2])
+        inp[name] = inp[name].clone()
+        inp[name][index] = value
+        grads = make_output_grads(cell, T, B, H, H, dtype=torch.float32, device="cpu")
+        fwd = emulated_forward(cell, inp, reverse, device)
+        bwd = emulated_backward(cell, inp, fwd, grads, reverse, device)
+        ref_out, ref_grads = reference_with_grads(cell, inp, reverse, grads)
+        assert_same_nonfinite([fwd[k] for k in ref_out] + [bwd[k] for k in ref_grads],
+                              list(ref_out.values()) + list(ref_grads.values()),
+                              f"{name}{list(index)} = {value}, reverse={reverse}")
 
 
 @needs_cuda_build

@@ -118,6 +118,35 @@ def test_bad_input_same_error_as_torch(cell, case):
 
 
 @pytest.mark.parametrize("cell", list(LAYERS))
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("shape", [(0, 2, 3), (0, 3), (0, 0, 3)], ids=["batched", "unbatched", "empty batch"])
+def test_zero_length_input_same_error_as_torch(cell, batch_first, shape):
+    """T = 0 is refused as torch.nn refuses it, whatever the batch (a zero batch with T > 0 runs:
+    test_zero_batch_like_torch)."""
+    if batch_first and len(shape) == 3:
+        shape = (shape[1], shape[0], shape[2])
+    modules = {kind: layer(kind, cell, 3, 4, batch_first=batch_first, num_layers=2,
+                           bidirectional=True) for kind in ("fused", "torch")}
+    same_error(lambda kind: modules[kind](torch.randn(*shape)))
+
+
+@pytest.mark.parametrize("cell", list(LAYERS))
+@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
+def test_zero_batch_like_torch(cell, backend):
+    """B = 0 with T > 0 runs, as in torch.nn: empty outputs and zero weight gradients (cells too)."""
+    fused, reference = layer("fused", cell, 3, 4, backend=backend), layer("torch", cell, 3, 4)
+    for module in (fused, reference):
+        output, final = module(torch.randn(5, 0, 3, requires_grad=True))
+        h_n = final[0] if isinstance(final, tuple) else final
+        assert output.shape == (5, 0, 4) and h_n.shape == (1, 0, 4)
+        (output.sum() + h_n.sum()).backward()
+        assert all(not p.grad.any() for p in module.parameters())
+    fused_cell = {"lstm": fused_rnn.LSTMCell, "gru": fused_rnn.GRUCell}.get(cell, fused_rnn.RNNCell)
+    out = fused_cell(3, 4, backend=backend)(torch.randn(0, 3))
+    assert (out[0] if isinstance(out, tuple) else out).shape == (0, 4)
+
+
+@pytest.mark.parametrize("cell", list(LAYERS))
 def test_hidden_dtype_mismatch(cell):
     x = torch.randn(5, 2, 3)
     hx = state(cell, 1, 2, 4)

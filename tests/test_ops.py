@@ -300,20 +300,14 @@ def test_cell_ops_match_reference(cell):
                                      torch.zeros(G * H, dtype=F64), None)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
-def test_double_backward_is_refused(cell):
-    """A graph through the backward ops (create_graph=True) is refused before they run, not
-    differentiated wrongly by torch's fallback; the first derivative without a graph works."""
-    t = random_inputs(cell, 3, 2, 4, 4, F64)
-    y = run_op(cell, t, None, False)[0]
-    with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(y.sum(), t["gx"], create_graph=True)
-    (grad,) = torch.autograd.grad(y.sum(), t["gx"])
-    assert grad.shape == t["gx"].shape and not grad.requires_grad
-    x = torch.randn(5, 3, dtype=F64, requires_grad=True)
-    w = torch.randn(4, 3, dtype=F64, requires_grad=True)
-    with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(ops.linear(x, w, None).sum(), x, create_graph=True)
+def test_backward_ops_are_not_differentiable():
+    """A backward op called directly where it would record a graph is refused (its kernels are
+    not differentiable; torch's fallback would only warn and give wrong second derivatives);
+    the forward ops' autograd never records one through it (see test_gradgradcheck)."""
+    t = random_inputs("rnn_tanh", 3, 2, 4, 4, F64)
+    y, _ = run_op("rnn_tanh", t, None, False)
+    with pytest.raises(RuntimeError, match="rnn_tanh_backward is not differentiable"):
+        ops.rnn_tanh_backward(torch.ones_like(y), None, t["w_hh"], t["h0"], y, None, False)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
@@ -336,10 +330,17 @@ def test_unused_outputs_get_no_gradient(cell, reverse):
 # ---------------------------------------------------------------------------------------------
 
 
+#: first derivatives, and second ones: a backward with create_graph=True runs the
+#: differentiable backward (fused_rnn/reference_backward.py), whose gradients of y and the
+#: workspace come back to the forward op's autograd
+CHECKS = {"gradcheck": torch.autograd.gradcheck, "gradgradcheck": torch.autograd.gradgradcheck}
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("lengths_kind", LENGTHS)
 @pytest.mark.parametrize("reverse", [False, True])
-def test_gradcheck(cell, lengths_kind, reverse):
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_gradcheck(cell, lengths_kind, reverse, check):
     T, B, H = 3, 3, 2
     lengths = make_lengths(lengths_kind, T, B)
     t = random_inputs(cell, T, B, H, H, F64)
@@ -349,10 +350,11 @@ def test_gradcheck(cell, lengths_kind, reverse):
         values = dict(t, **dict(zip(names, leaves)))
         return tuple(run_op(cell, values, lengths, reverse))
 
-    torch.autograd.gradcheck(fn, [t[k] for k in names])
+    CHECKS[check](fn, [t[k] for k in names])
 
 
-def test_gradcheck_lstm_projection():
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_gradcheck_lstm_projection(check):
     lengths = torch.tensor([3, 1])
     t = random_inputs("lstm", 3, 2, 3, 2, F64, proj=True)
     names = [k for k, v in t.items() if v is not None]
@@ -361,7 +363,15 @@ def test_gradcheck_lstm_projection():
         values = dict(t, **dict(zip(names, leaves)))
         return tuple(run_op("lstm", values, lengths, True))
 
-    torch.autograd.gradcheck(fn, [t[k] for k in names])
+    CHECKS[check](fn, [t[k] for k in names])
+
+
+def test_gradgradcheck_linear():
+    x = torch.randn(2, 3, 4, dtype=F64, requires_grad=True)
+    w = torch.randn(5, 4, dtype=F64, requires_grad=True)
+    b = torch.randn(5, dtype=F64, requires_grad=True)
+    torch.autograd.gradgradcheck(ops.linear, (x, w, b))
+    torch.autograd.gradgradcheck(lambda x, w: ops.linear(x, w, None), (x, w))
 
 
 def _opcheck_samples():
@@ -390,6 +400,10 @@ def _opcheck_samples():
         gx1, w1 = torch.randn(T, B, H), torch.randn(H, H)
         y, h_n = getattr(ops, f"rnn_{act}_forward")(gx1, w1, h0, lengths, False)
         samples.append((f"rnn_{act}_backward", (None, torch.randn_like(h_n), w1, h0, y, lengths, False)))
+    # a differentiable backward op (the forward ops' samples that require grad run those of
+    # the LSTM and GRU: opcheck gives their workspace outputs gradients too)
+    y, h_n = ops.rnn_relu_forward(gx1, w1, h0, None, True)
+    samples.append(("rnn_relu_backward_differentiable", (torch.randn_like(y), torch.randn_like(h_n), w1, h0, y, None, True)))
     # the cells' one-step ops (linear + the recurrence, composed in C++), with and without biases
     I = 5
     for requires_grad in (False, True):

@@ -536,13 +536,44 @@ def test_none_gradients_are_zero(cell):
     assert all(not t.any() for t in zero)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn_tanh"])
-def test_double_backward_is_refused(cell):
-    inputs = make_inputs(cell, 3, 2, 4)
-    y = triton_call(cell, inputs, None, False)[0]
-    (grad,) = torch.autograd.grad(y.sum(), inputs["gx"], create_graph=True)
-    with pytest.raises(RuntimeError, match="double backward"):
-        grad.sum().backward()
+def second_derivatives(fn, inputs, cotangents, seed=2):
+    """The gradients of every input of a random linear function of the first derivatives
+    (taken with create_graph=True) of fn's outputs for the given cotangents."""
+    names = list(inputs)
+    outputs = fn(inputs)
+    firsts = torch.autograd.grad(outputs, [inputs[n] for n in names], cotangents,
+                                 create_graph=True)
+    gen = torch.Generator().manual_seed(seed)
+    penalty = sum((g * torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device)).sum()
+                  for g in firsts)
+    return torch.autograd.grad(penalty, [inputs[n] for n in names])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_second_derivatives_match_reference(cell, reverse):
+    """A backward with create_graph=True through the Triton ops' autograd (fused_rnn/_ops.py)
+    runs fused_rnn/reference_backward.py; differentiated again, it gives the reference's
+    second derivatives (test_ops.py gradgradchecks the same functions behind the C++ ops)."""
+    T, B, H = 3, 3, 4
+    inputs = {k: v.double() for k, v in make_inputs(cell, T, B, H).items()}
+    lengths = torch.tensor([3, 0, 2], device=DEVICE)
+    cotangents = [c.double() for c in cotangents_for(output_shapes(cell, T, B, H))]
+    ours = second_derivatives(lambda x: triton_call(cell, x, lengths, reverse), inputs, cotangents)
+    theirs = second_derivatives(lambda x: reference_call(cell, x, lengths, reverse), as_fp64(inputs),
+                                [c.cpu() for c in cotangents])
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.cpu(), b, atol=1e-10, rtol=1e-10)
+
+
+def test_backward_op_is_not_differentiable():
+    """Differentiating a backward op called directly is refused (torch would only warn and give
+    wrong second derivatives)."""
+    inputs = {k: v.double() for k, v in make_inputs("rnn_tanh", 3, 2, 4).items()}
+    y, _ = triton_call("rnn_tanh", inputs, None, False)
+    grads = OPS.rnn_tanh_backward_triton(y, None, inputs["w_hh"], inputs["h0"], y, None, False)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        grads[0].sum().backward()
 
 
 @pytest.mark.parametrize("cell", CELLS)

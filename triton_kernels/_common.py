@@ -26,6 +26,20 @@ def tanh(x):
 
 
 @triton.jit
+def relu(x):
+    # NaN passes through, as in torch.relu. tl.maximum(x, 0.0) returns 0 for it on a GPU
+    # (PTX max.f32) but NaN in the interpreter (numpy), and tl.where(x > 0, x, 0) gives 0 on
+    # both: a comparison with NaN is false, so the NaN must sit in the else branch.
+    return tl.where(x < 0.0, 0.0, x)
+
+
+@triton.jit
+def relu_backward(h, dh):
+    # dh where relu's output h is positive or NaN, as torch's threshold_backward (h <= 0: 0).
+    return tl.where(h <= 0.0, 0.0, dh)
+
+
+@triton.jit
 def dot(a, b, acc, TF32: tl.constexpr, UPCAST: tl.constexpr):
     """acc + a @ b with an fp32 (fp64 for fp64) accumulator; fp16/bf16 operands run on the
     tensor cores as they are, fp32 ones as TF32 only when TF32 is set (torch's
@@ -212,6 +226,17 @@ def prev_time(t, REVERSE: tl.constexpr):
         return t + 1
     else:
         return t - 1
+
+
+@triton.jit
+def after_step_is_real(r, T, length, REVERSE: tl.constexpr):
+    """[BLOCK_B, 1] whether the step the backward processed at position r - 1 (the step after
+    that of position r, in the forward's order) is real for each row: the rows that add the
+    product of its gate gradients with w_hh. At r = 0 there is none, and a padded step's
+    gradients are zero, but zero times a NaN or inf of w_hh would be NaN, where torch.nn's
+    packed sequences have no such row."""
+    t_after = step_time(T - r, T, REVERSE)
+    return ((r > 0) & (t_after < length))[:, None]
 
 
 @triton.jit

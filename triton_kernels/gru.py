@@ -23,6 +23,7 @@ from torch import Tensor
 from . import _checks
 from ._barrier import step_arrive, step_wait
 from ._common import (
+    after_step_is_real,
     dot,
     finishes,
     is_first_step,
@@ -237,8 +238,10 @@ def gru_backward_kernel(
         if not OPERAND_IN_REGISTERS:
             # Recurrent part of dh from the step processed before (zeros at r = 0).
             src = xchg_ptr + (r % 2) * xchg_half
-            dh = _gru_exchanged_product(dh, src, offs_b, w_ptr, w_r, w_z, w_n, offs_j, mask_j, H,
-                                        H_PAD, BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32, UPCAST)
+            dh_after = _gru_exchanged_product(dh, src, offs_b, w_ptr, w_r, w_z, w_n, offs_j, mask_j,
+                                              H, H_PAD, BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32,
+                                              UPCAST)
+            dh = tl.where(after_step_is_real(r, T, length, REVERSE), dh_after, dh)
         t = step_time(T - 1 - r, T, REVERSE)
         t64 = t.to(tl.int64)
         valid = (t < length)[:, None] & mask
@@ -265,9 +268,11 @@ def gru_backward_kernel(
         dh = tl.where(valid, dh_total * g_z, dh)
 
         if OPERAND_IN_REGISTERS:
-            dh = dot(d_r.to(w_dtype), w_r, dh, TF32, UPCAST)
-            dh = dot(d_z.to(w_dtype), w_z, dh, TF32, UPCAST)
-            dh = dot(dgh_n.to(w_dtype), w_n, dh, TF32, UPCAST)
+            # (a padded step's rows keep dh: see after_step_is_real)
+            dh_real = dot(d_r.to(w_dtype), w_r, dh, TF32, UPCAST)
+            dh_real = dot(d_z.to(w_dtype), w_z, dh_real, TF32, UPCAST)
+            dh_real = dot(dgh_n.to(w_dtype), w_n, dh_real, TF32, UPCAST)
+            dh = tl.where(valid, dh_real, dh)
         else:
             # Publish the gradients first; this step's outputs are stored while the
             # other programs catch up (between arrive and wait).
@@ -293,8 +298,10 @@ def gru_backward_kernel(
         if finishes(step_begin, step_end, T, SYNC):
             # The product of the last step's dgh: dh is then grad_h0.
             src = xchg_ptr + (T % 2) * xchg_half
-            dh = _gru_exchanged_product(dh, src, offs_b, w_ptr, w_r, w_z, w_n, offs_j, mask_j, H,
-                                        H_PAD, BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32, UPCAST)
+            dh_after = _gru_exchanged_product(dh, src, offs_b, w_ptr, w_r, w_z, w_n, offs_j, mask_j,
+                                              H, H_PAD, BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32,
+                                              UPCAST)
+            dh = tl.where(after_step_is_real(T, T, length, REVERSE), dh_after, dh)
     tl.store(dh_ptr + state, dh.to(dh_ptr.dtype.element_ty), mask=mask)
 
 

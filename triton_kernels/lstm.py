@@ -21,6 +21,7 @@ from torch import Tensor
 from . import _checks
 from ._barrier import step_arrive, step_wait
 from ._common import (
+    after_step_is_real,
     dot,
     finishes,
     is_first_step,
@@ -245,9 +246,10 @@ def lstm_backward_kernel(
             # Recurrent part of dh: the gate gradients of the step processed before (the
             # buffer half read at r = 0 is all zeros).
             src = xchg_ptr + (r % 2) * xchg_half
-            dh = _lstm_exchanged_product(dh, src, 4 * H_PAD, offs_b, w_ptr, w_i, w_f, w_g, w_o,
-                                         offs_j, mask_j, H, H_PAD, BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT,
-                                         TF32, UPCAST)
+            dh_after = _lstm_exchanged_product(dh, src, 4 * H_PAD, offs_b, w_ptr, w_i, w_f, w_g,
+                                               w_o, offs_j, mask_j, H, H_PAD, BLOCK_K, SPLIT_K,
+                                               WEIGHTS_RESIDENT, TF32, UPCAST)
+            dh = tl.where(after_step_is_real(r, T, length, REVERSE), dh_after, dh)
         t = step_time(T - 1 - r, T, REVERSE)
         t64 = t.to(tl.int64)
         valid = (t < length)[:, None] & mask
@@ -279,10 +281,12 @@ def lstm_backward_kernel(
         dh = tl.where(valid, 0.0, dh)
 
         if OPERAND_IN_REGISTERS:
-            dh = dot(da_i.to(w_dtype), w_i, dh, TF32, UPCAST)
-            dh = dot(da_f.to(w_dtype), w_f, dh, TF32, UPCAST)
-            dh = dot(da_g.to(w_dtype), w_g, dh, TF32, UPCAST)
-            dh = dot(da_o.to(w_dtype), w_o, dh, TF32, UPCAST)
+            # (a padded step's rows keep dh: see after_step_is_real)
+            dh_real = dot(da_i.to(w_dtype), w_i, dh, TF32, UPCAST)
+            dh_real = dot(da_f.to(w_dtype), w_f, dh_real, TF32, UPCAST)
+            dh_real = dot(da_g.to(w_dtype), w_g, dh_real, TF32, UPCAST)
+            dh_real = dot(da_o.to(w_dtype), w_o, dh_real, TF32, UPCAST)
+            dh = tl.where(valid, dh_real, dh)
         else:
             # Publish the gradients first; this step's outputs are stored while the
             # other programs catch up (between arrive and wait).
@@ -306,9 +310,10 @@ def lstm_backward_kernel(
         if finishes(step_begin, step_end, T, SYNC):
             # The product of the last step's gate gradients: dh is then grad_h0.
             src = xchg_ptr + (T % 2) * xchg_half
-            dh = _lstm_exchanged_product(dh, src, 4 * H_PAD, offs_b, w_ptr, w_i, w_f, w_g, w_o,
-                                         offs_j, mask_j, H, H_PAD, BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT,
-                                         TF32, UPCAST)
+            dh_after = _lstm_exchanged_product(dh, src, 4 * H_PAD, offs_b, w_ptr, w_i, w_f, w_g,
+                                               w_o, offs_j, mask_j, H, H_PAD, BLOCK_K, SPLIT_K,
+                                               WEIGHTS_RESIDENT, TF32, UPCAST)
+            dh = tl.where(after_step_is_real(T, T, length, REVERSE), dh_after, dh)
     tl.store(dh_ptr + state, dh.to(dh_ptr.dtype.element_ty), mask=mask)
     tl.store(dc_ptr + state, dc.to(dc_ptr.dtype.element_ty), mask=mask)
 

@@ -19,11 +19,14 @@ from torch import Tensor
 from . import _checks
 from ._barrier import step_arrive, step_wait
 from ._common import (
+    after_step_is_real,
     dot,
     finishes,
     load_operand,
     load_weight_tile,
     product,
+    relu,
+    relu_backward,
     row_lengths,
     step_time,
     streamed_product,
@@ -105,7 +108,7 @@ def rnn_forward_kernel(
             acc = streamed_product(acc, src, H_PAD, offs_b, w_ptr, offs_j, mask_j, H, True, H_PAD,
                                    BLOCK_K, SPLIT_K, TF32, UPCAST)
         if RELU:
-            h_new = tl.maximum(x + acc, 0.0)
+            h_new = relu(x + acc)
         else:
             h_new = tanh(x + acc)
         # A finished sequence keeps its state and emits zeros; padding columns stay zero.
@@ -178,8 +181,9 @@ def rnn_backward_kernel(
         if not OPERAND_IN_REGISTERS:
             # Recurrent part of dh from the step processed before (zeros at r = 0).
             src = xchg_ptr + (r % 2) * xchg_half
-            dh = _rnn_exchanged_product(dh, src, offs_b, w_ptr, w, offs_j, mask_j, H, H_PAD,
-                                        BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32, UPCAST)
+            dh_after = _rnn_exchanged_product(dh, src, offs_b, w_ptr, w, offs_j, mask_j, H, H_PAD,
+                                              BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32, UPCAST)
+            dh = tl.where(after_step_is_real(r, T, length, REVERSE), dh_after, dh)
         t = step_time(T - 1 - r, T, REVERSE)
         out_t = t.to(tl.int64) * B * H + state
         valid = (t < length)[:, None] & mask
@@ -188,13 +192,14 @@ def rnn_backward_kernel(
         if HAS_DY:
             dh_total += to_compute(tl.load(dy_ptr + out_t, mask=valid, other=0.0), FP64)
         if RELU:
-            da = tl.where(valid & (h > 0.0), dh_total, 0.0)
+            da = tl.where(valid, relu_backward(h, dh_total), 0.0)
         else:
             da = tl.where(valid, dh_total * (1.0 - h * h), 0.0)
         # Padded steps pass dh through; on real steps it restarts from zero.
         dh = tl.where(valid, 0.0, dh)
         if OPERAND_IN_REGISTERS:
-            dh = dot(da.to(w_dtype), w, dh, TF32, UPCAST)
+            # (a padded step's rows keep dh: see after_step_is_real)
+            dh = tl.where(valid, dot(da.to(w_dtype), w, dh, TF32, UPCAST), dh)
         else:
             # Publish the gradients first; this step's outputs are stored while the
             # other programs catch up (between arrive and wait).
@@ -210,8 +215,9 @@ def rnn_backward_kernel(
         if finishes(step_begin, step_end, T, SYNC):
             # The product of the last step's gradients: dh is then grad_h0.
             src = xchg_ptr + (T % 2) * xchg_half
-            dh = _rnn_exchanged_product(dh, src, offs_b, w_ptr, w, offs_j, mask_j, H, H_PAD,
-                                        BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32, UPCAST)
+            dh_after = _rnn_exchanged_product(dh, src, offs_b, w_ptr, w, offs_j, mask_j, H, H_PAD,
+                                              BLOCK_K, SPLIT_K, WEIGHTS_RESIDENT, TF32, UPCAST)
+            dh = tl.where(after_step_is_real(T, T, length, REVERSE), dh_after, dh)
     tl.store(dh_ptr + state, dh.to(dh_ptr.dtype.element_ty), mask=mask)
 
 

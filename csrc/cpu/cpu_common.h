@@ -198,11 +198,15 @@ struct ForwardGemms {
 // @ w_hh[:, columns of k]. Operands per unit slice, prepared as in ForwardGemms.
 struct BackwardState {
   const Partition& part;
+  const int64_t* lengths;           // [B], or nullptr
   std::vector<Tensor> dh;           // per worker
   std::vector<StepOperand> w_cols;  // per unit slice
+  std::vector<std::vector<char>> kept_rows;  // per worker: rows of dh kept out of a product
 
-  BackwardState(const Partition& part, const Tensor& w_hh, const optional<Tensor>& grad_h_n)
-      : part(part), dh(part.size()), w_cols(part.slices()) {
+  BackwardState(const Partition& part, const Tensor& w_hh, const optional<Tensor>& grad_h_n,
+                const int64_t* lengths)
+      : part(part), lengths(lengths), dh(part.size()), w_cols(part.slices()),
+        kept_rows(part.size()) {
     part.for_each([&](int64_t k) {
       const int64_t p0 = part.begin(k), n = part.units(k);
       if (part.group(k) == 0) {
@@ -217,9 +221,28 @@ struct BackwardState {
     });
   }
 
-  // dgh: contiguous [T, B, G*H], the gate gradients of all steps; t: the step after.
+  // dh += dgh[t] @ w_hh on worker k's rows and units. dgh: contiguous [T, B, G*H], the gate
+  // gradients of all steps; t: the step after. Rows for which step t is padding keep their dh:
+  // their gradient row is zero, but zero times a NaN or inf of w_hh would be NaN, where
+  // torch.nn's packed sequences have no such row.
   void add_recurrent(int64_t k, const Tensor& dgh, int64_t t) {
-    w_cols[part.slice(k)].multiply_step(dh[k], dgh, t, true, part.row_begin(k), part.rows(k));
+    const int64_t b0 = part.row_begin(k), rows = part.rows(k);
+    const auto padded = [&](int64_t r) { return lengths != nullptr && t >= lengths[b0 + r]; };
+    const size_t row_bytes = dh[k].size(1) * dh[k].element_size();
+    char* const data = static_cast<char*>(dh[k].data_ptr());
+    std::vector<char>& kept = kept_rows[k];
+    kept.clear();
+    for (int64_t r = 0; r < rows; ++r) {
+      if (padded(r)) kept.insert(kept.end(), data + r * row_bytes, data + (r + 1) * row_bytes);
+    }
+    w_cols[part.slice(k)].multiply_step(dh[k], dgh, t, true, b0, rows);
+    const char* next = kept.data();
+    for (int64_t r = 0; r < rows && next != kept.data() + kept.size(); ++r) {
+      if (padded(r)) {
+        std::memcpy(data + r * row_bytes, next, row_bytes);
+        next += row_bytes;
+      }
+    }
   }
 
   // dh [B, P] (the gradient reaching h0), the workers' blocks copied into place; then the

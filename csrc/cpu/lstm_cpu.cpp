@@ -276,7 +276,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
   // Units of the cell maths; without a projection they are also the columns of dh.
   const Partition units(H, B, B * 4 * H * P, T_steps, /*split_rows=*/!proj);
   const Partition columns = proj ? Partition(P, B, B * 4 * H * P, T_steps, false) : units;
-  BackwardState state(columns, w_hh, grad_h_n);
+  BackwardState state(columns, w_hh, grad_h_n, len);
 
   // With a projection: the total gradient of every step's h (for grad_w_hr), and per unit
   // slice dh_raw = dh_total[t] @ w_hr[:, units].

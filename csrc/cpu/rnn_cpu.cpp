@@ -167,7 +167,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_impl(const optional<Tensor>& gra
   const T* dy = data_or_null<T>(grad_y);
   const int64_t* len = data_or_null<int64_t>(lengths);
   const Partition units(H, B, B * H * H, T_steps, /*split_rows=*/true);
-  BackwardState state(units, w_hh, grad_h_n);
+  BackwardState state(units, w_hh, grad_h_n, len);
   // Position i runs step s = T - 1 - i of the forward order.
   units.for_each_step(T_steps, [&](int64_t k, int64_t i) {
     const int64_t s = T_steps - 1 - i, t = time_at(s, T_steps, reverse);

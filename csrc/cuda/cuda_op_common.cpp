@@ -134,6 +134,20 @@ const int64_t* lengths_ptr(const optional<Tensor>& lengths) {
   return has(lengths) ? lengths->data_ptr<int64_t>() : nullptr;
 }
 
+Tensor padded_steps(const optional<Tensor>& lengths, int64_t T) {
+  if (!has(lengths)) return Tensor();
+  return (at::arange(T, lengths->options()).unsqueeze(1) >= lengths->unsqueeze(0)).unsqueeze(2);
+}
+
+void add_recurrent_product(Tensor& dh, const Tensor& dgh_t, const Tensor& w_hh,
+                           const Tensor& padded_t) {
+  if (!padded_t.defined()) {
+    at::addmm_out(dh, dh, dgh_t, w_hh);
+  } else {
+    dh.add_(at::mm(dgh_t, w_hh).masked_fill_(padded_t, 0));
+  }
+}
+
 Tensor barrier_counter(const Tensor& like) {
   return at::zeros({1}, like.options().dtype(at::kInt));
 }

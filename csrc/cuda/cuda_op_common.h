@@ -64,6 +64,17 @@ void* step_ptr(const Tensor& t, int64_t step);
 const void* ptr_or_null(const optional<Tensor>& t);
 const int64_t* lengths_ptr(const optional<Tensor>& lengths);
 
+// [T, B, 1] bool: whether step t of sequence b is padding (t >= lengths[b]); undefined
+// without lengths.
+Tensor padded_steps(const optional<Tensor>& lengths, int64_t T);
+
+// The fallback backward's product after step t: dh += dgh_t @ w_hh, on the rows for which
+// step t is real (padded_t: padded_steps(...)[t], or undefined). A padded step's gradient row is
+// zero, but zero times a NaN or inf of w_hh would be NaN, where torch.nn's packed sequences have
+// no such row.
+void add_recurrent_product(Tensor& dh, const Tensor& dgh_t, const Tensor& w_hh,
+                           const Tensor& padded_t);
+
 // One zeroed counter for the grid barrier of a persistent launch.
 Tensor barrier_counter(const Tensor& like);
 

@@ -89,7 +89,8 @@ FUSED_RNN_HOST_DEVICE void fallback_backward_element(const FallbackBackwardStep&
   S* dh = static_cast<S*>(a.dh);
 
   if (!step_is_valid(t, length)) {
-    // Padded step: no gate gradients; dh (and dc) pass through, the GEMM adds zero rows.
+    // Padded step: no gate gradients; dh (and dc) pass through (the product after the step
+    // leaves these rows out: add_recurrent_product).
     zero_gates(dgx_row, G, H, j);
     if constexpr (kCell == CellKind::kGRU) zero_gates(static_cast<S*>(a.dgh_t) + b * 3 * H, 3, H, j);
     return;

@@ -114,6 +114,7 @@ GruBackwardOutputs gru_backward_run(const optional<Tensor>& grad_y_in,
                  "the persistent GRU backward kernel");
   } else {
     Tensor dh = state_buffer(grad_h_n, B, H, opts);  // [B, H]
+    const Tensor padded = padded_steps(lengths, T);
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = reverse ? T - 1 - s : s;
       FallbackBackwardStep step{};
@@ -126,7 +127,7 @@ GruBackwardOutputs gru_backward_run(const optional<Tensor>& grad_y_in,
       check_launch(launch_fallback_backward(CellKind::kGRU, storage_type_of(dtype), step,
                                             ctx.target, ctx.stream),
                    "the GRU backward step kernel");
-      at::addmm_out(dh, dh, grad_gh[t], w_hh);
+      add_recurrent_product(dh, grad_gh[t], w_hh, padded.defined() ? padded[t] : Tensor());
     }
     grad_h0 = dh;
   }

@@ -137,6 +137,7 @@ LstmBackwardOutputs lstm_backward_run(const optional<Tensor>& grad_y_in,
   }
 
   Tensor dh = state_buffer(grad_h_n, B, P, opts);                        // [B, P]
+  const Tensor padded = padded_steps(lengths, T);
   Tensor dc = state_buffer(grad_c_n, B, H, opts.dtype(acc_dtype_of(dtype)));  // [B, H]
   // With a projection: the total gradient of every step's h (for grad_w_hr) and dh_raw.
   Tensor dh_total = proj ? at::zeros({T, B, P}, opts) : Tensor();
@@ -161,7 +162,7 @@ LstmBackwardOutputs lstm_backward_run(const optional<Tensor>& grad_y_in,
     check_launch(launch_fallback_backward(CellKind::kLSTM, storage_type_of(dtype), step,
                                           ctx.target, ctx.stream),
                  "the LSTM backward step kernel");
-    at::addmm_out(dh, dh, grad_gx[t], w_hh);
+    add_recurrent_product(dh, grad_gx[t], w_hh, padded.defined() ? padded[t] : Tensor());
   }
   Tensor grad_w_hh = recurrent_weight_grad(grad_gx, y, h0, lengths, reverse);
   Tensor grad_w_hr = empty_placeholder(opts);

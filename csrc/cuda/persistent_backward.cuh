@@ -15,7 +15,7 @@
 //
 // `carry` is the part of the gradient reaching h that does not come through W_hh: grad_h_n at
 // the start; on a real step it becomes 0 (LSTM, RNN) or dh * z (GRU); on a padded step the
-// whole dh passes through (the product adds zeros there: padded rows of dG are zero). This is
+// whole dh passes through (the product of a padded step is left out: after_product). This is
 // the CPU backend's "dh is zeroed on real steps and the GEMM accumulates" in a fused form.
 // dW_hh and db_hh are GEMMs over all steps after the kernel (weight_grad.cpp).
 #pragma once
@@ -128,14 +128,15 @@ struct PersistentBackwardBlock {
     }
   }
 
-  // One (row, unit) element of iteration i (time t). with_product: acc holds dG_{t_next} @ W.
-  FUSED_RNN_HOST_DEVICE void element(int64_t t, bool with_product, int64_t b0, int r, int u) {
+  // One (row, unit) element of iteration i (time t). t_after: the step of the iteration before
+  // (t + 1 in the forward's order), whose dG_{t_after} @ W acc holds, or -1 at i = 0.
+  FUSED_RNN_HOST_DEVICE void element(int64_t t, int64_t t_after, int64_t b0, int r, int u) {
     const int64_t T = args.T, B = args.B, H = args.H;
     const int64_t b = b0 + r, j = u0 + u;
     const int64_t state = b * H + j;
     const int64_t row = t * B + b;
     const int64_t length = length_of(args.lengths, b, T);
-    const float dh_before = args.dh_carry[state] + (with_product ? recurrent_grad(r, u) : 0.0f);
+    const float dh_before = args.dh_carry[state] + after_product(t_after, length, r, u);
     S* dgx_row = static_cast<S*>(args.grad_gx) + row * G * H;
     S* dgh_row = kCell == CellKind::kGRU ? static_cast<S*>(args.grad_gh) + row * 3 * H : nullptr;
 
@@ -173,6 +174,13 @@ struct PersistentBackwardBlock {
     }
   }
 
+  // The part of dG_{t_after} @ W acc holds for element (r, u), if step t_after is real: a padded
+  // step's gradient row is zero, but zero times a NaN or inf of W would be NaN, where
+  // torch.nn's packed sequences have no such row.
+  FUSED_RNN_HOST_DEVICE float after_product(int64_t t_after, int64_t length, int r, int u) const {
+    return t_after >= 0 && step_is_valid(t_after, length) ? recurrent_grad(r, u) : 0.0f;
+  }
+
   template <class Runtime>
   FUSED_RNN_HOST_DEVICE void run(Runtime& rt) {
     const int tid = rt.tid(), nthreads = rt.nthreads();
@@ -185,14 +193,15 @@ struct PersistentBackwardBlock {
       const int64_t s = T - 1 - i;
       const int64_t t = time_at(s, T, args.reverse);
       // The step processed in the previous iteration: t + 1 in the forward order.
-      const S* dG_next = i > 0 ? dG + time_at(s + 1, T, args.reverse) * B * GH : nullptr;
+      const int64_t t_after = i > 0 ? time_at(s + 1, T, args.reverse) : -1;
+      const S* dG_next = i > 0 ? dG + t_after * B * GH : nullptr;
       prefetch_step(t, tid, nthreads);
       for (int64_t b0 = 0; b0 < B; b0 += plan.batch_tile) {
         const int rows = static_cast<int>(min64(plan.batch_tile, B - b0));
         if (i > 0) product_tile(rt, dG_next, b0, rows);
         for (int e = tid; e < rows * units; e += nthreads) {
           const int r = e / units;
-          element(t, i > 0, b0, r, e - r * units);
+          element(t, t_after, b0, r, e - r * units);
         }
         rt.sync_block();
       }
@@ -200,7 +209,8 @@ struct PersistentBackwardBlock {
     }
 
     // grad_h0 = carry + dG_{first step} @ W-slice; grad_c0 = dc.
-    const S* dG_first = dG + time_at(0, T, args.reverse) * B * GH;
+    const int64_t t_first = time_at(0, T, args.reverse);
+    const S* dG_first = dG + t_first * B * GH;
     S* grad_h0 = static_cast<S*>(args.grad_h0);
     for (int64_t b0 = 0; b0 < B; b0 += plan.batch_tile) {
       const int rows = static_cast<int>(min64(plan.batch_tile, B - b0));
@@ -208,7 +218,8 @@ struct PersistentBackwardBlock {
       for (int e = tid; e < rows * units; e += nthreads) {
         const int r = e / units, u = e - r * units;
         const int64_t state = (b0 + r) * H + u0 + u;
-        grad_h0[state] = from_acc<S>(args.dh_carry[state] + recurrent_grad(r, u));
+        const int64_t length = length_of(args.lengths, b0 + r, T);
+        grad_h0[state] = from_acc<S>(args.dh_carry[state] + after_product(t_first, length, r, u));
         if constexpr (kCell == CellKind::kLSTM) {
           static_cast<S*>(args.grad_c0)[state] = from_acc<S>(args.dc_state[state]);
         }

@@ -108,6 +108,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_run(Nonlinearity act,
                  "the persistent RNN backward kernel");
   } else {
     Tensor dh = state_buffer(grad_h_n, B, H, opts);  // [B, H]
+    const Tensor padded = padded_steps(lengths, T);
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = reverse ? T - 1 - s : s;
       FallbackBackwardStep step{};
@@ -118,7 +119,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward_run(Nonlinearity act,
       check_launch(launch_fallback_backward(cell, storage_type_of(dtype), step, ctx.target,
                                             ctx.stream),
                    "the RNN backward step kernel");
-      at::addmm_out(dh, dh, grad_gx[t], w_hh);
+      add_recurrent_product(dh, grad_gx[t], w_hh, padded.defined() ? padded[t] : Tensor());
     }
     grad_h0 = dh;
   }
