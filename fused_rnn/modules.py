@@ -227,7 +227,8 @@ class GRU(_FusedRNNBase):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, backend=backend, **kwargs)
 
-    # The forms TorchScript compiles forward in, as torch.nn.GRU's.
+    # The forms TorchScript compiles forward in, as torch.nn.GRU's. TorchScript looks overloads
+    # up by the class that declares them: GRU and RNN each declare theirs, as torch.nn's do.
     @overload
     @torch._jit_internal._overload_method  # noqa: F811
     def forward(
@@ -269,7 +270,7 @@ class RNN(_FusedRNNBase):
         mode = "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
         super().__init__(mode, *args, backend=backend, **kwargs)
 
-    # The forms TorchScript compiles forward in, as torch.nn.RNN's.
+    # The forms TorchScript compiles forward in, as torch.nn.RNN's (the same as GRU's).
     @overload
     @torch._jit_internal._overload_method  # noqa: F811
     def forward(

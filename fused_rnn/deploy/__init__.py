@@ -37,10 +37,10 @@ def _exporting() -> bool:
 
 
 def recording() -> bool:
-    """Whether this call is being recorded by TorchScript's tracer or an ONNX exporter. The
-    cheap checks come first (~0.1 us in eager mode): every ONNX export records by tracing, with
+    """Whether this call is being recorded by TorchScript's tracer or an ONNX exporter. Asked on
+    every call, so the cheap checks come first: every ONNX export records by tracing, with
     TorchScript's tracer or with torch.export."""
-    if torch.jit.is_tracing():
+    if torch._C._get_tracing_state() is not None:  # torch.jit.is_tracing(), as Module.__call__ asks
         return True
     return torch.compiler.is_compiling() and _exporting_to_onnx()
 
