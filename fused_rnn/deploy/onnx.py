@@ -45,6 +45,9 @@ _ONNX_GATE_ORDER = {
 }
 
 
+_ATTRIBUTE_SUFFIX = {int: "i", float: "f", str: "s"}
+
+
 class CannotExport(RuntimeError):
     """A layer option that ONNX's recurrent operators cannot express."""
 
@@ -81,12 +84,12 @@ class _TorchScriptNode(torch.autograd.Function):
             value.setType(torch._C.OptionalType.ofTensor())
             return value
 
-        named = {}
+        named = {}  # g.op's attributes carry their kind as a suffix: hidden_size_i
         for name, value in attributes:
             if isinstance(value, torch.Tensor):  # a size, which the tracer hands on as a tensor
                 value = int(value)
             kind = type(value[0] if isinstance(value, (list, tuple)) else value)
-            named[f"{name}_{ {int: 'i', float: 'f', str: 's'}[kind]}"] = value
+            named[f"{name}_{_ATTRIBUTE_SUFFIX[kind]}"] = value
         inputs = [absent() if value is None else value for value in inputs]
         return g.op(operator, *inputs, outputs=num_outputs, **named)
 
@@ -126,7 +129,8 @@ def _operator(cell, x, w, r, b, sequence_lens, initial_h, initial_c):
         # returns zeros); fused_rnn's is the initial state, as for any sequence that has not run
         empty = (sequence_lens == 0).view(1, -1, 1)  # [1, B, 1]
         h = torch.where(empty, initial_h, h)
-        c = torch.where(empty, initial_c, c) if c is not None else None
+        if c is not None and initial_c is not None:
+            c = torch.where(empty, initial_c, c)
     return y, h, c
 
 
