@@ -141,3 +141,23 @@ def test_saved_programs_run_in_a_fresh_process(model, scripted, tmp_path):
     expected = model(*args)
     for outputs in torch.load(tmp_path / "out.pt"):
         assert_same_outputs(outputs, expected)
+
+
+def test_opcheck():
+    """torch.library.opcheck on both ops: schema, fake tensors, autograd registration (not AOT
+    dispatch: TorchScript runs them, torch.compile and torch.export never meet them)."""
+    lstm, cell = fused_rnn.LSTM(3, 4, num_layers=2, proj_size=2), fused_rnn.GRUCell(3, 4)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(
+        torch.ops.fused_rnn.stack.default,
+        ("lstm", x, None, None, list(lstm._flat_weights), True, True, False, 0.0, False, False,
+         torch.tensor([5, 3]), "auto"),
+        test_utils=checks,
+    )
+    torch.library.opcheck(
+        torch.ops.fused_rnn.step.default,
+        ("gru", x[0], torch.randn(2, 4), None, cell.weight_ih, cell.weight_hh, cell.bias_ih,
+         cell.bias_hh, "auto"),
+        test_utils=checks,
+    )
