@@ -25,7 +25,8 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) "setuptools>=70" wheel ninja \
-		pytest "numpy<2.4" expecttest rich matplotlib pytest-benchmark scikit-learn
+		pytest "numpy<2.4" expecttest rich matplotlib pytest-benchmark scikit-learn \
+		onnx onnxruntime onnxscript
 	touch $@
 
 # pip builds fused_rnn._C for the editable install; the stamp tells `build` that it is current.

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import backends
+from . import backends, deploy
 
 #: (w_ih, w_hh, b_ih, b_hh, w_hr) of one layer and direction
 LayerWeights = Sequence[Optional[Tensor]]
@@ -218,6 +218,11 @@ def _stack(
     num_directions = 2 if bidirectional else 1
     if not own_weights:
         _check_weights(cell, weights, num_directions)
+    if deploy.recording():  # TorchScript's tracer or an ONNX export: see fused_rnn/deploy
+        return deploy.stack(
+            cell, input, h0, c0, weights, bidirectional=bidirectional, dropout=dropout,
+            training=training, batch_first=batch_first, lengths=lengths, backend=backend,
+        )
     num_layers = len(weights) // num_directions
     x = input.transpose(0, 1) if batch_first else input  # time-major [T, B, I]
     cast_dtype = _autocast_dtype(x)
@@ -400,9 +405,27 @@ def _cell_step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh, backend, cast_dtype):
     return h_new, c_new
 
 
+def cell_step(cell, input, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend="auto"):
+    """One step of ``cell`` (``"lstm"``, ``"gru"``, ``"rnn_tanh"`` or ``"rnn_relu"``):
+    ``(h', c')``, ``c'`` None but for the LSTM. What the cell modules and ``fused_rnn::step``
+    run."""
+    if cell == "lstm":
+        return lstm_cell(input, (h, c), w_ih, w_hh, b_ih, b_hh, backend=backend)
+    if cell == "gru":
+        return gru_cell(input, h, w_ih, w_hh, b_ih, b_hh, backend=backend), None
+    if cell.startswith("rnn_"):
+        h_next = rnn_cell(
+            input, h, w_ih, w_hh, b_ih, b_hh, nonlinearity=cell[len("rnn_"):], backend=backend
+        )
+        return h_next, None
+    raise ValueError(f"cell must be one of {tuple(_GATES)}, got {cell!r}")
+
+
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, backend="auto"):
     """One LSTM step: ``input [B, I]``, ``hx = (h [B, H], c [B, H])`` -> ``(h', c')``."""
     h, c = hx
+    if deploy.recording():  # as in _stack; before the checks, which its op runs
+        return deploy.step("lstm", input, h, c, w_ih, w_hh, b_ih, b_hh, backend)
     hidden_size = w_hh.shape[1]
     cast_dtype = _autocast_dtype(input)
     _check_cell(input, h, "hidden0", w_ih, hidden_size, cast_dtype is not None)
@@ -412,6 +435,8 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, backend="auto"):
 
 def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, backend="auto"):
     """One GRU step: ``input [B, I]``, ``hx [B, H]`` -> ``h'``."""
+    if deploy.recording():
+        return deploy.step("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh, backend)[0]
     cast_dtype = _autocast_dtype(input)
     _check_cell(input, hx, "hidden0", w_ih, w_hh.shape[1], cast_dtype is not None)
     return _cell_step("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh, backend, cast_dtype)[0]
@@ -421,6 +446,9 @@ def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh"
     """One Elman RNN step: ``input [B, I]``, ``hx [B, H]`` -> ``h'``."""
     if nonlinearity not in ("tanh", "relu"):
         raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
+    if deploy.recording():
+        cell = f"rnn_{nonlinearity}"
+        return deploy.step(cell, input, hx, None, w_ih, w_hh, b_ih, b_hh, backend)[0]
     cast_dtype = _autocast_dtype(input)
     _check_cell(input, hx, "hidden0", w_ih, w_hh.shape[1], cast_dtype is not None)
     return _cell_step(

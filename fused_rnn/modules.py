@@ -2,26 +2,27 @@
 
 Same constructor, parameter names, shapes and initialisation, state_dict (loadable both ways),
 forward signature, outputs, warnings and errors as torch.nn; the recurrence runs in fused_rnn's
-kernels. Extras, all keyword-only: ``backend=`` on the constructor (``"auto"``, ``"cpu"``,
-``"cuda"``, ``"triton"``, ``"reference"``; also a plain attribute) and ``lengths=`` on
-``forward`` for padded batches of variable length.
+kernels. Extras: keyword-only ``backend=`` on the constructor (``"auto"``, ``"cpu"``,
+``"cuda"``, ``"triton"``, ``"reference"``; also a plain attribute) and ``lengths`` on
+``forward`` (after ``hx``) for padded batches of variable length.
+
+Every ``forward`` is TorchScript (``torch.jit.script``), as torch.nn's are: scripted, a layer
+calls ``fused_rnn::stack`` and a cell ``fused_rnn::step`` (fused_rnn/deploy/torchscript.py),
+whose kernels are the eager code below.
 
 The layers subclass ``torch.nn.RNNBase``, not ``torch.nn.LSTM``/``GRU``/``RNN``:
 ``torch.compile`` deliberately graph-breaks on instances of those three classes, and compiles
 these.
 """
 
-from __future__ import annotations
-
-from typing import Optional
+from typing import Optional, Tuple, overload
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import backends, functional
-
-_CELL_OF_MODE = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
+from . import backends, deploy, functional
+from .deploy import torchscript
 
 
 def _check_backend(backend: str) -> str:
@@ -85,15 +86,18 @@ class _FusedRNNBase(nn.RNNBase):
             for suffix in ("", "_reverse")[: 2 if self.bidirectional else 1]
         ]
 
-    def _run(self, x: Tensor, hx, lengths):
+    def _run(
+        self, x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], lengths: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         """Runs the stack on batched, padded input; returns (output, h_n, c_n)."""
-        cell = _CELL_OF_MODE[self.mode]
-        if cell == "lstm":
-            h0, c0 = hx if hx is not None else (None, None)
-        else:
-            h0, c0 = hx, None
+        if torch.jit.is_scripting():
+            return torchscript.run_stack(
+                self.mode.lower(), x, h0, c0, self._flat_weights, self.bias, self.proj_size > 0,
+                self.bidirectional, self.dropout, self.training, self.batch_first, lengths,
+                self.backend,
+            )
         return functional._stack(
-            cell,
+            self.mode.lower(),  # the cell: "lstm", "gru", "rnn_tanh", "rnn_relu"
             x,
             h0,
             c0,
@@ -107,55 +111,57 @@ class _FusedRNNBase(nn.RNNBase):
             own_weights=True,
         )
 
-    def _check_hx_dims(self, hx, expected_dim: int, is_batched: bool):
-        states = hx if isinstance(hx, tuple) else (hx,)
-        if all(state.dim() == expected_dim for state in states):
+    def _check_hx_dims(self, h0: Tensor, c0: Optional[Tensor], expected_dim: int, is_batched: bool):
+        if h0.dim() == expected_dim and (c0 is None or c0.dim() == expected_dim):
             return
         form = "batched 3-D" if is_batched else "unbatched 2-D"
-        if self.mode == "LSTM":
-            dims = ", ".join(f"{state.dim()}-D" for state in states)
+        if c0 is not None:
             raise RuntimeError(
-                f"For {form} input, hx and cx should also be {expected_dim}-D but got ({dims}) tensors"
+                f"For {form} input, hx and cx should also be {expected_dim}-D but got "
+                f"({h0.dim()}-D, {c0.dim()}-D) tensors"
             )
         raise RuntimeError(
-            f"For {form} input, hx should also be {expected_dim}-D but got {states[0].dim()}-D tensor"
+            f"For {form} input, hx should also be {expected_dim}-D but got {h0.dim()}-D tensor"
         )
 
-    def forward(self, input, hx=None, *, lengths=None):
-        if self.mode == "LSTM" and hx is not None and not (isinstance(hx, tuple) and len(hx) == 2):
-            raise TypeError("LSTM: hx must be a tuple (h_0, c_0)")
-        if isinstance(input, PackedSequence):
-            if lengths is not None:
-                raise ValueError("lengths cannot be given with a PackedSequence (it carries its own)")
-            return self._forward_packed(input, hx)
-
-        if input.dim() not in (2, 3):
+    def _forward_tensor(
+        self, input: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], lengths: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Batched or unbatched input: (output, h_n, c_n) in the input's form."""
+        if input.dim() != 2 and input.dim() != 3:
             # torch.nn's wording, which differs between RNN and LSTM/GRU
             got = f"{input.dim()}D tensor" if self.mode.startswith("RNN") else f"{input.dim()}D"
             name = "RNN" if self.mode.startswith("RNN") else self.mode
             raise ValueError(f"{name}: Expected input to be 2D or 3D, got {got} instead")
         is_batched = input.dim() == 3
-        if hx is not None:
-            self._check_hx_dims(hx, 3 if is_batched else 2, is_batched)
+        if h0 is not None:
+            self._check_hx_dims(h0, c0, 3 if is_batched else 2, is_batched)
         if not is_batched:
             if lengths is not None:
                 raise ValueError("lengths applies to batched (3-D) input only")
             input = input.unsqueeze(1 if not self.batch_first else 0)
-            if hx is not None:
-                hx = tuple(h.unsqueeze(1) for h in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
+            h0 = h0.unsqueeze(1) if h0 is not None else None
+            c0 = c0.unsqueeze(1) if c0 is not None else None
 
-        output, h_n, c_n = self._run(input, hx, lengths)
+        output, h_n, c_n = self._run(input, h0, c0, lengths)
         if not is_batched:
             output = output.squeeze(1 if not self.batch_first else 0)
             h_n = h_n.squeeze(1)
             c_n = c_n.squeeze(1) if c_n is not None else None
-        return output, ((h_n, c_n) if self.mode == "LSTM" else h_n)
+        return output, h_n, c_n
 
-    def _forward_packed(self, packed: PackedSequence, hx):
+    def _forward_packed(
+        self, packed: PackedSequence, h0: Optional[Tensor], c0: Optional[Tensor],
+        lengths: Optional[Tensor],
+    ) -> Tuple[PackedSequence, Tensor, Optional[Tensor]]:
+        if lengths is not None:
+            raise ValueError("lengths cannot be given with a PackedSequence (it carries its own)")
+        if not torch.jit.is_scripting():
+            deploy.refuse_packed_sequence()
         # Pad (in the caller's batch order), run with lengths, pack the output back with the
         # input's own ordering, so that the result has the input's batch_sizes and indices.
         padded, lengths = pad_packed_sequence(packed, batch_first=self.batch_first)
-        output, h_n, c_n = self._run(padded, hx, lengths)
+        output, h_n, c_n = self._run(padded, h0, c0, lengths)
         sorted_indices = packed.sorted_indices
         if sorted_indices is not None:
             batch_dim = 0 if self.batch_first else 1
@@ -165,19 +171,52 @@ class _FusedRNNBase(nn.RNNBase):
         output_packed = PackedSequence(
             data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
         )
-        return output_packed, ((h_n, c_n) if self.mode == "LSTM" else h_n)
+        return output_packed, h_n, c_n
 
 
 class LSTM(_FusedRNNBase):
     """Drop-in for :class:`torch.nn.LSTM` (same arguments, parameters, inputs and outputs).
 
-    Extras: keyword-only ``backend=`` (constructor) and ``lengths=`` (forward, for padded
+    Extras: keyword-only ``backend=`` (constructor) and ``lengths`` (forward, for padded
     variable-length batches: the output is zero past each length, ``h_n``/``c_n`` are each
     sequence's state at its last step, as with a PackedSequence).
     """
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__("LSTM", *args, backend=backend, **kwargs)
+
+    # The forms TorchScript compiles forward in, as torch.nn.LSTM's.
+    @overload
+    @torch._jit_internal._overload_method  # noqa: F811
+    def forward(
+        self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None,
+        lengths: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        pass
+
+    @overload
+    @torch._jit_internal._overload_method  # noqa: F811
+    def forward(
+        self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]] = None,
+        lengths: Optional[Tensor] = None,
+    ) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
+        pass
+
+    def forward(self, input, hx=None, lengths=None):  # noqa: F811
+        if not torch.jit.is_scripting():
+            if hx is not None and not (isinstance(hx, tuple) and len(hx) == 2):
+                raise TypeError("LSTM: hx must be a tuple (h_0, c_0)")
+        h0: Optional[Tensor] = None
+        c0: Optional[Tensor] = None
+        if hx is not None:
+            h0, c0 = hx
+        # isinstance in the forward itself: TorchScript compiles one branch per form
+        if isinstance(input, PackedSequence):
+            output, h_n, c_n = self._forward_packed(input, h0, c0, lengths)
+        else:
+            output, h_n, c_n = self._forward_tensor(input, h0, c0, lengths)
+        assert c_n is not None  # an LSTM's: tells TorchScript
+        return output, (h_n, c_n)
 
 
 class GRU(_FusedRNNBase):
@@ -187,6 +226,29 @@ class GRU(_FusedRNNBase):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, backend=backend, **kwargs)
+
+    # The forms TorchScript compiles forward in, as torch.nn.GRU's. TorchScript looks overloads
+    # up by the class that declares them: GRU and RNN each declare theirs, as torch.nn's do.
+    @overload
+    @torch._jit_internal._overload_method  # noqa: F811
+    def forward(
+        self, input: Tensor, hx: Optional[Tensor] = None, lengths: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Tensor]:
+        pass
+
+    @overload
+    @torch._jit_internal._overload_method  # noqa: F811
+    def forward(
+        self, input: PackedSequence, hx: Optional[Tensor] = None, lengths: Optional[Tensor] = None
+    ) -> Tuple[PackedSequence, Tensor]:
+        pass
+
+    def forward(self, input, hx=None, lengths=None):  # noqa: F811
+        if isinstance(input, PackedSequence):
+            output, h_n, _ = self._forward_packed(input, hx, None, lengths)
+        else:
+            output, h_n, _ = self._forward_tensor(input, hx, None, lengths)
+        return output, h_n
 
 
 class RNN(_FusedRNNBase):
@@ -208,6 +270,28 @@ class RNN(_FusedRNNBase):
         mode = "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
         super().__init__(mode, *args, backend=backend, **kwargs)
 
+    # The forms TorchScript compiles forward in, as torch.nn.RNN's (the same as GRU's).
+    @overload
+    @torch._jit_internal._overload_method  # noqa: F811
+    def forward(
+        self, input: Tensor, hx: Optional[Tensor] = None, lengths: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Tensor]:
+        pass
+
+    @overload
+    @torch._jit_internal._overload_method  # noqa: F811
+    def forward(
+        self, input: PackedSequence, hx: Optional[Tensor] = None, lengths: Optional[Tensor] = None
+    ) -> Tuple[PackedSequence, Tensor]:
+        pass
+
+    def forward(self, input, hx=None, lengths=None):  # noqa: F811
+        if isinstance(input, PackedSequence):
+            output, h_n, _ = self._forward_packed(input, hx, None, lengths)
+        else:
+            output, h_n, _ = self._forward_tensor(input, hx, None, lengths)
+        return output, h_n
+
 
 # ---------------------------------------------------------------------------------------------
 # Cells
@@ -225,26 +309,31 @@ class _FusedCellBase(nn.RNNCellBase):
             _read_parameter(self, name) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
         )
 
-    def _batched(self, input: Tensor, hx, n_states: int):
-        """Checks dims as torch.nn's cells do; returns (input [B, I], states, is_batched)."""
-        name = type(self).__name__
-        if input.dim() not in (1, 2):
+    def _batched_input(self, name: str, input: Tensor) -> Tuple[Tensor, bool]:
+        """input as [B, I], checked as torch.nn's cells check it, and whether it was batched."""
+        if input.dim() != 1 and input.dim() != 2:
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        states = hx if isinstance(hx, tuple) else (hx,)
-        if hx is not None:
-            for index, state in enumerate(states):
-                if state.dim() not in (1, 2):
-                    label = f"hx[{index}]" if n_states > 1 else "hidden"
-                    raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {state.dim()}D instead")
         is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-            states = (zeros,) * n_states
-        elif not is_batched:
-            states = tuple(state.unsqueeze(0) for state in states)
-        return input, states, is_batched
+        return (input if is_batched else input.unsqueeze(0)), is_batched
+
+    def _batched_state(self, name: str, label: str, state: Tensor, is_batched: bool) -> Tensor:
+        if state.dim() != 1 and state.dim() != 2:
+            raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {state.dim()}D instead")
+        return state if is_batched else state.unsqueeze(0)
+
+    def _zero_state(self, input: Tensor) -> Tensor:
+        return torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+
+    def _step(
+        self, cell: str, input: Tensor, h: Tensor, c: Optional[Tensor]
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """One step on batched input: (h', c' or None)."""
+        if torch.jit.is_scripting():
+            return torchscript.run_step(
+                cell, input, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                self.backend,
+            )
+        return functional.cell_step(cell, input, h, c, *self._weights(), backend=self.backend)
 
 
 class LSTMCell(_FusedCellBase):
@@ -253,10 +342,22 @@ class LSTMCell(_FusedCellBase):
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, backend="auto"):
         super().__init__(input_size, hidden_size, bias, 4, device, dtype, backend=backend)
 
-    def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None):
-        input, (h, c), is_batched = self._batched(input, hx, 2)
-        h, c = functional.lstm_cell(input, (h, c), *self._weights(), backend=self.backend)
-        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
+    def forward(
+        self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
+    ) -> Tuple[Tensor, Tensor]:
+        if not torch.jit.is_scripting():
+            if hx is not None and not (isinstance(hx, tuple) and len(hx) == 2):
+                raise TypeError("LSTMCell: hx must be a tuple (h_0, c_0)")
+        input, is_batched = self._batched_input("LSTMCell", input)
+        if hx is None:
+            h = self._zero_state(input)
+            c = h
+        else:
+            h = self._batched_state("LSTMCell", "hx[0]", hx[0], is_batched)
+            c = self._batched_state("LSTMCell", "hx[1]", hx[1], is_batched)
+        h, c_next = self._step("lstm", input, h, c)
+        assert c_next is not None  # an LSTM's: tells TorchScript
+        return (h, c_next) if is_batched else (h.squeeze(0), c_next.squeeze(0))
 
 
 class GRUCell(_FusedCellBase):
@@ -266,8 +367,12 @@ class GRUCell(_FusedCellBase):
         super().__init__(input_size, hidden_size, bias, 3, device, dtype, backend=backend)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        input, (h,), is_batched = self._batched(input, hx, 1)
-        h = functional.gru_cell(input, h, *self._weights(), backend=self.backend)
+        input, is_batched = self._batched_input("GRUCell", input)
+        if hx is None:
+            h = self._zero_state(input)
+        else:
+            h = self._batched_state("GRUCell", "hidden", hx, is_batched)
+        h, _ = self._step("gru", input, h, None)
         return h if is_batched else h.squeeze(0)
 
 
@@ -284,8 +389,10 @@ class RNNCell(_FusedCellBase):
         self.nonlinearity = nonlinearity
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        input, (h,), is_batched = self._batched(input, hx, 1)
-        h = functional.rnn_cell(
-            input, h, *self._weights(), nonlinearity=self.nonlinearity, backend=self.backend
-        )
+        input, is_batched = self._batched_input("RNNCell", input)
+        if hx is None:
+            h = self._zero_state(input)
+        else:
+            h = self._batched_state("RNNCell", "hidden", hx, is_batched)
+        h, _ = self._step(f"rnn_{self.nonlinearity}", input, h, None)
         return h if is_batched else h.squeeze(0)
