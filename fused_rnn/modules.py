@@ -160,18 +160,38 @@ class _FusedRNNBase(nn.RNNBase):
             deploy.refuse_packed_sequence()
         # Pad (in the caller's batch order), run with lengths, pack the output back with the
         # input's own ordering, so that the result has the input's batch_sizes and indices.
-        padded, lengths = pad_packed_sequence(packed, batch_first=self.batch_first)
+        if torch.jit.is_scripting():
+            padded, lengths = pad_packed_sequence(packed, batch_first=self.batch_first)
+        else:
+            padded, lengths = _padded_outside_graphs(packed, self.batch_first)
         output, h_n, c_n = self._run(padded, h0, c0, lengths)
         sorted_indices = packed.sorted_indices
         if sorted_indices is not None:
             batch_dim = 0 if self.batch_first else 1
             output = output.index_select(batch_dim, sorted_indices)
             lengths = lengths.index_select(0, sorted_indices.cpu())
-        data = pack_padded_sequence(output, lengths, batch_first=self.batch_first).data
+        if torch.jit.is_scripting():
+            data = pack_padded_sequence(output, lengths, batch_first=self.batch_first).data
+        else:
+            data = _packed_data_outside_graphs(output, lengths, self.batch_first)
         output_packed = PackedSequence(
             data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
         )
         return output_packed, h_n, c_n
+
+
+# The conversions between a PackedSequence and a padded batch read the batch sizes as data:
+# torch.compile runs them outside its graphs (graph breaks; padded input with ``lengths`` is the
+# route that compiles whole). torch 2.14's Dynamo skips these functions by itself; torch 2.11's
+# traces into them and fails on fake tensors, so the break is asked for explicitly.
+@torch.compiler.disable
+def _padded_outside_graphs(packed: PackedSequence, batch_first: bool):
+    return pad_packed_sequence(packed, batch_first=batch_first)
+
+
+@torch.compiler.disable
+def _packed_data_outside_graphs(output: Tensor, lengths: Tensor, batch_first: bool) -> Tensor:
+    return pack_padded_sequence(output, lengths, batch_first=batch_first).data
 
 
 class LSTM(_FusedRNNBase):
