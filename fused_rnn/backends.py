@@ -175,6 +175,8 @@ def _check_names(backend: str, cell: str) -> None:
 #: (device, device class, call, compiling, policy, extra tables) -> Choice; read as a plain dict
 #: (torch.compile reads a dict like any global; functools caches it traces through).
 _AUTO_CHOICES: dict[tuple, dispatch.Choice] = {}
+#: Entries a memo keeps before it starts again (calls of every batch size and length).
+_AUTO_MEMO_LIMIT = 4096
 
 
 def _auto_choice(call: dispatch.Call, device: torch.device, *, compiling: bool = False,
@@ -189,6 +191,8 @@ def _auto_choice(call: dispatch.Call, device: torch.device, *, compiling: bool =
         def runnable(name: str) -> bool:
             return _unavailable_reason(name, call.cell, device, call.proj) is None
 
+        if len(_AUTO_CHOICES) >= _AUTO_MEMO_LIMIT:  # batches of every length: keep it bounded
+            _AUTO_CHOICES.clear()
         choice = _AUTO_CHOICES[key] = dispatch.decide(
             call, device_class or dispatch.device_class(device), runnable, compiling=compiling)
     return choice
@@ -198,6 +202,7 @@ def clear_auto_cache() -> None:
     """Forgets auto's decisions: after FUSED_RNN_AUTO_POLICY or FUSED_RNN_DISPATCH_TABLES
     changed in a running process."""
     _AUTO_CHOICES.clear()
+    _AUTO_NAMES.clear()
 
 
 # torch.compile: the decision is taken once while tracing (Dynamo calls this for real and bakes
@@ -215,7 +220,7 @@ def auto_call(cell: str, dtype: torch.dtype, training: bool, batch: int, hidden:
               layers: int = 1, directions: int = 1, lengths: bool = False, seq_len: int = 1,
               proj: bool = False) -> dispatch.Call:
     """The :class:`fused_rnn.dispatch.Call` of a layer call (what auto's records are keyed by)."""
-    return dispatch.Call(cell, dispatch.DTYPE_NAMES.get(dtype, str(dtype)), training, batch,
+    return dispatch.Call(cell, dispatch.dtype_name(dtype), training, batch,
                          hidden, layers, directions, lengths, seq_len, proj)
 
 
@@ -256,25 +261,41 @@ def explain(module, input, hx=None, lengths=None) -> dispatch.Choice:
     return explain_auto(cell, device, proj=call.proj, call=call)
 
 
-def choose(backend: str, device: torch.device, *, cell: str, proj: bool = False,
-           call: Callable[[], dispatch.Call] | None = None) -> str:
+def choose(backend: str, device: torch.device, *, cell: str, proj: bool = False) -> str:
     """The backend name a call runs on: ``backend`` itself when it can run the call (else a
-    RuntimeError saying why), or auto's choice. ``call`` makes the call's description (only
-    asked for auto, outside torch.compile)."""
+    RuntimeError saying why); for ``"auto"``, auto's choice for a call not described further
+    (layers and cells describe theirs: :func:`auto_name`)."""
     _check_names(backend, cell)
     if backend == "auto":
-        if call is None:
-            return auto_backend_name(cell, device, proj=proj)
-        described = call()
-        if torch.compiler.is_compiling():
-            return _auto_for_graph(cell, device, described.dtype, described.training,
-                                   described.hidden, described.layers, described.directions,
-                                   described.lengths, proj)
-        return _auto_choice(described, device).backend
+        return auto_backend_name(cell, device, proj=proj)
     reason = _unavailable_reason(backend, cell, device, proj)
     if reason is not None:
         raise RuntimeError(f"fused_rnn backend {backend!r} is not available: {reason}")
     return backend
+
+
+#: (signature, device, threads, tables generation) -> backend name: auto's per-call memo.
+_AUTO_NAMES: dict[tuple, str] = {}
+
+
+def auto_name(device: torch.device, signature: tuple,
+              call: Callable[[], dispatch.Call]) -> str:
+    """The backend auto takes for a call on ``device``: ``call()`` describes it (its
+    :class:`fused_rnn.dispatch.Call`), ``signature`` is a hashable of the raw facts that
+    description is made of (shapes, dtype, whether it records gradients), cheaper to build, by
+    which the answer is memoised. A one-step call costs about a microsecond here."""
+    if torch.compiler.is_compiling():
+        described = call()
+        return _auto_for_graph(described.cell, device, described.dtype, described.training,
+                               described.hidden, described.layers, described.directions,
+                               described.lengths, described.proj)
+    key = (signature, device, torch.get_num_threads(), dispatch.generation)
+    name = _AUTO_NAMES.get(key)
+    if name is None:
+        if len(_AUTO_NAMES) >= _AUTO_MEMO_LIMIT:
+            _AUTO_NAMES.clear()
+        name = _AUTO_NAMES[key] = _auto_choice(call(), device).backend
+    return name
 
 
 def implementation(name: str) -> Backend:

@@ -60,6 +60,11 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf
                torch.float64: "fp64"}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The records' name of a dtype ("fp32", ...; torch's own for any other)."""
+    return DTYPE_NAMES.get(dtype) or str(dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # What a decision depends on
 # ---------------------------------------------------------------------------------------------

@@ -253,10 +253,16 @@ def _stack(
         c0 = c0.to(dtype) if c0 is not None else None
         weights = [[w.to(dtype) if w is not None else None for w in layer] for layer in weights]
 
-    def call() -> "dispatch.Call":  # what auto's choice depends on (asked only by auto)
-        return describe_stack(cell, x, h0, c0, weights, num_directions, lengths)
-
-    name = backends.choose(backend, x.device, cell=cell, proj=w_hr0 is not None, call=call)
+    if backend == "auto":
+        # the raw facts describe_stack's Call is made of: auto's memo key, cheaper to build
+        signature = (cell, x.dtype, x.shape, w_hh0.shape, w_hr0 is not None, len(weights),
+                     num_directions, lengths is None,
+                     _stack_records_gradients(x, h0, c0, weights))
+        name = backends.auto_name(
+            x.device, signature,
+            lambda: describe_stack(cell, x, h0, c0, weights, num_directions, lengths))
+    else:
+        name = backends.choose(backend, x.device, cell=cell, proj=w_hr0 is not None)
     if name == "torch":
         output, h_n, c_n = torch_backend.stack(
             cell, x, h0, c0, weights, bidirectional=bidirectional, dropout=dropout,
@@ -285,24 +291,36 @@ def _stack(
         if dropout > 0 and training and layer < num_layers - 1:
             x = F.dropout(x, dropout, training=True)
     output = x.transpose(0, 1) if batch_first else x
-    return output, torch.stack(h_n), torch.stack(c_n) if cell == "lstm" else None
+    return output, _stack_states(h_n), _stack_states(c_n) if cell == "lstm" else None
+
+
+def _stack_states(states: list[Tensor]) -> Tensor:
+    """[L*D, B, H] from L*D states [B, H]; one state is a view (no copy: a one-step call of a
+    one-layer net notices the microsecond)."""
+    return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
 
 
 def _records_gradients(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _stack_records_gradients(x, h0, c0, weights) -> bool:
+    """Whether a stack call is a training call. A module's weights usually record gradients,
+    which settles it at the first test (asked on every auto call)."""
+    return torch.is_grad_enabled() and (
+        weights[0][1].requires_grad
+        or _records_gradients(x, h0, c0)
+        or any(w is not None and w.requires_grad for layer in weights for w in layer))
+
+
 def describe_stack(cell, x, h0, c0, weights, num_directions, lengths) -> "dispatch.Call":
     """What decides the speed of a stack call (x time-major [T, B, I]): the key of auto's
     records."""
-    w_hh, w_hr = weights[0][1], weights[0][4]
-    training = torch.is_grad_enabled() and (
-        _records_gradients(x, h0, c0)
-        or any(w is not None and w.requires_grad for layer in weights for w in layer))
-    return backends.auto_call(
-        cell, x.dtype, training, x.shape[1], w_hh.shape[0] // _GATES[cell],
-        layers=len(weights) // num_directions, directions=num_directions,
-        lengths=lengths is not None, seq_len=x.shape[0], proj=w_hr is not None)
+    w_hh = weights[0][1]
+    return dispatch.Call(
+        cell, dispatch.dtype_name(x.dtype), _stack_records_gradients(x, h0, c0, weights),
+        x.shape[1], w_hh.shape[0] // _GATES[cell], len(weights) // num_directions,
+        num_directions, lengths is not None, x.shape[0], weights[0][4] is not None)
 
 
 def describe_step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh) -> "dispatch.Call":
@@ -429,9 +447,14 @@ def _cell_step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh, backend, cast_dtype):
         c = c.to(cast_dtype) if c is not None else None
         b_ih = b_ih.to(cast_dtype) if b_ih is not None else None
         b_hh = b_hh.to(cast_dtype) if b_hh is not None else None
-    name = backends.choose(
-        backend, input.device, cell=cell,
-        call=lambda: describe_step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh))
+    if backend == "auto":
+        signature = (cell, input.dtype, input.shape, w_hh.shape,
+                     _records_gradients(input, h, c, w_ih, w_hh, b_ih, b_hh))
+        name = backends.auto_name(
+            input.device, signature,
+            lambda: describe_step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh))
+    else:
+        name = backends.choose(backend, input.device, cell=cell)
     if name == "torch":
         return torch_backend.step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh)
     impl = backends.implementation(name)

@@ -15,7 +15,6 @@ The layers subclass ``torch.nn.RNNBase``, not ``torch.nn.LSTM``/``GRU``/``RNN``:
 these.
 """
 
-import dataclasses
 from typing import Optional, Tuple, overload
 
 import torch
@@ -444,5 +443,5 @@ def describe_call(module: nn.Module, input, hx=None, lengths=None):
         raise TypeError(f"expected a fused_rnn layer or cell, got {type(module).__name__}")
     cast = functional._autocast_dtype(x)
     if cast is not None:
-        call = dataclasses.replace(call, dtype=dispatch.DTYPE_NAMES[cast])
+        call = call._replace(dtype=dispatch.dtype_name(cast))
     return cell, x.device, call

@@ -16,6 +16,7 @@ compiling (see fused_rnn/dispatch.py).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence
 
 import torch
@@ -37,8 +38,23 @@ def _flat(weights: Sequence[Sequence[Optional[Tensor]]]) -> list[Tensor]:
     return [w for layer in weights for w in layer if w is not None]
 
 
-@torch.compiler.disable
-def stack(
+def _autocast_off(device_type: str):
+    """Autocast off for torch's kernels; entering torch.autocast costs microseconds, which a
+    one-step call notices, so only when autocast is on."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def stack(*args, **kwargs) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """The layer stack (see :func:`_stack`); outside compiled graphs under torch.compile. The
+    eager path calls it directly: torch.compiler.disable's wrapper costs microseconds per call."""
+    if torch.compiler.is_compiling():
+        return _stack_outside_graph(*args, **kwargs)
+    return _stack(*args, **kwargs)
+
+
+def _stack(
     cell: str,
     x: Tensor,
     h0: Tensor,
@@ -61,7 +77,7 @@ def stack(
         training=training,
         bidirectional=bidirectional,
     )
-    with torch.autocast(x.device.type, enabled=False):
+    with _autocast_off(x.device.type):
         if lengths is None:
             hx = (h0, c0) if cell == "lstm" else h0
             result = _LAYER_OPS[cell](
@@ -71,6 +87,9 @@ def stack(
             output, hidden = result[0], result[1:]
             return output, hidden[0], hidden[1] if cell == "lstm" else None
         return _packed(cell, x, h0, c0, lengths, **options)
+
+
+_stack_outside_graph = torch.compiler.disable(_stack)
 
 
 def _packed(cell, x, h0, c0, lengths, *, flat, has_biases, num_layers, dropout, training,
@@ -115,7 +134,7 @@ def _packed(cell, x, h0, c0, lengths, *, flat, has_biases, num_layers, dropout, 
 
 def step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh):
     """One step of a cell, as torch.nn's cells: (h', c'), c' None but for the LSTM."""
-    with torch.autocast(input.device.type, enabled=False):
+    with _autocast_off(input.device.type):
         if cell == "lstm":
             return _CELL_OPS[cell](input, (h, c), w_ih, w_hh, b_ih, b_hh)
         return _CELL_OPS[cell](input, h, w_ih, w_hh, b_ih, b_hh), None

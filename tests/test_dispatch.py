@@ -130,6 +130,17 @@ def test_explain_names_the_record_and_the_module_backend(tmp_path):
     assert backends.explain(layer, x) == dispatch.Choice("torch", "the module's backend is 'torch'")
 
 
+def test_explain_under_autocast_asks_for_the_autocast_dtype(tmp_path):
+    here = dispatch.device_class(torch.device("cpu"))
+    write_table(tmp_path, here, [bench_row("gru", "torch", 1.2, dtype="bf16", mode="fwd")])
+    layer, x = fused_rnn.GRU(6, 6), torch.randn(4, 3, 6)
+    with torch.no_grad():
+        assert backends.explain(layer, x).record is None  # fp32: no record
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            choice = backends.explain(layer, x)
+    assert choice.backend == "torch" and choice.record["dtype"] == "bf16"
+
+
 def test_policy_variable_forces_a_policy(monkeypatch):
     monkeypatch.setenv(dispatch.POLICY_VARIABLE, "torch")
     backends.clear_auto_cache()
@@ -176,6 +187,24 @@ def test_decisions_are_cached_per_configuration(monkeypatch):
     for batch in (2, 2, 3, 2):
         layer(torch.randn(3, batch, 4))
     assert [c.batch for c in decided] == [2, 3]
+
+
+def test_a_layer_call_follows_a_table_written_after_its_first_decision(tmp_path, monkeypatch):
+    ran = []
+    real_stack = fused_rnn.torch_backend.stack
+    monkeypatch.setattr(fused_rnn.torch_backend, "stack",
+                        lambda *a, **k: ran.append("torch") or real_stack(*a, **k))
+    layer, x = fused_rnn.RNN(5, 5), torch.randn(7, 2, 5)
+    with torch.no_grad():
+        layer(x)                                  # decided (and memoised) without a table: cpu
+        assert ran == []
+        here = dispatch.device_class(torch.device("cpu"))
+        write_table(tmp_path, here, [bench_row("rnn_tanh", "torch", 1.0, dtype="fp32",
+                                               batch=2, hidden=5, seq_len=7)])
+        layer(x)                                  # the new table: torch.nn's kernels
+        assert ran == ["torch"]
+    layer(x)                                      # a training call has no record: cpu
+    assert ran == ["torch"]
 
 
 def test_unknown_and_unavailable_backends_are_refused():
