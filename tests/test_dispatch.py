@@ -3,6 +3,7 @@ fastest correct backend, torch.nn's kernels on a tie), the forced policies, bad 
 cache, torch.compile, and the benchmark writing a table auto reads."""
 
 import json
+import os
 import warnings
 
 import pytest
@@ -205,6 +206,32 @@ def test_a_layer_call_follows_a_table_written_after_its_first_decision(tmp_path,
         assert ran == ["torch"]
     layer(x)                                      # a training call has no record: cpu
     assert ran == ["torch"]
+
+
+SHIPPED = os.path.join(os.path.dirname(dispatch.__file__), "dispatch_tables")
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(SHIPPED) if f.endswith(".json")))
+def test_a_shipped_table_is_valid_and_auto_never_takes_a_slower_backend_from_it(
+        name, monkeypatch):
+    monkeypatch.setattr(dispatch, "SHIPPED_TABLES", SHIPPED)
+    path = os.path.join(SHIPPED, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a shipped table that cannot be read fails here
+        (found_path, table), = [t for t in dispatch.tables() if t[0] == path]
+    device = dispatch.DeviceClass(**table["device"])
+    assert name == dispatch.table_file_name(device)
+    assert table["recorded"]["command"].startswith("python -m fused_rnn.bench")
+    for record in table["records"]:
+        call = dispatch.Call(record["cell"], record["dtype"], record["mode"] == "fwd+bwd",
+                             record["batch"], record["hidden"], record["layers"],
+                             record["directions"], record["lengths"], record["seq_len"])
+        choice = dispatch.decide(call, device, lambda backend: True)
+        assert choice.record == record and choice.table == path
+        speedups = record["speedup"]
+        assert choice.backend not in record["failed"]
+        # the fastest recorded, or torch.nn's kernels within the tie margin of it
+        assert speedups[choice.backend] * dispatch.TORCH_TIE >= max(speedups.values())
 
 
 def test_unknown_and_unavailable_backends_are_refused():
