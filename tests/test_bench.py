@@ -4,7 +4,7 @@ order, memory and FLOP accounting. Tiny shapes, so that it stays fast on a busy 
 from __future__ import annotations
 
 import csv
-import time
+import types
 
 import pytest
 import torch
@@ -164,19 +164,21 @@ def test_timing_is_interleaved_and_takes_the_median():
     assert len(medians) == 2 and all(m >= 0 for m in medians)
 
 
-def test_short_cpu_calls_get_more_rounds():
+def test_short_cpu_calls_get_more_rounds(monkeypatch):
+    # A clock that each call advances by 0.2 ms: what the rounds are sized by, without the
+    # machine's load in it.
+    clock = [0.0]
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     calls = []
 
-    def short():  # ~0.2 ms
+    def short():
         calls.append(None)
-        end = time.perf_counter() + 2e-4
-        while time.perf_counter() < end:
-            pass
+        clock[0] += 2e-4
 
     (median,) = timing.median_ms([short], torch.device("cpu"), repeats=3, warmup=1, min_time_ms=4.0)
-    # warmup, one call to size the rounds, then about 4 / 0.2 = 20 rounds instead of 3
-    assert 1 + 1 + 12 <= len(calls) <= 1 + 1 + 20
-    assert 0.15 <= median <= 0.5
+    # warmup, one call to size the rounds, then 4 / 0.2 = 20 rounds instead of 3
+    assert len(calls) == 1 + 1 + 20
+    assert median == pytest.approx(0.2)
 
 
 def test_cpu_peak_memory_counts_tensors_of_the_call():
