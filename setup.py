@@ -130,6 +130,8 @@ def extensions():
 setup(
     packages=find_packages(include=["fused_rnn", "fused_rnn.*"]) + ["fused_rnn.triton_kernels"],
     package_dir={"fused_rnn.triton_kernels": "triton_kernels"},
+    # backend="auto"'s dispatch tables, recorded by the benchmark (fused_rnn/dispatch.py)
+    package_data={"fused_rnn": ["dispatch_tables/*.json"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},

@@ -1,6 +1,7 @@
-"""The one place that picks the implementation of a recurrence: cuda, triton, cpu or reference.
+"""The one place that picks the implementation of a recurrence: cuda, triton, cpu, torch or
+reference.
 
-Every backend exposes the same four functions, one layer and one direction each (the op
+Every fused backend exposes the same four functions, one layer and one direction each (the op
 interface of ``csrc/ops.cpp`` without the workspace):
 
     lstm(gx, w_hh, w_hr, h0, c0, lengths, reverse) -> (y, h_n, c_n)
@@ -17,8 +18,10 @@ the cells of the other backends run the layer path at T = 1.
 
 ``"cpu"`` and ``"cuda"`` are the compiled ops (``torch.ops.fused_rnn.*``), which the dispatcher
 routes by device; ``"triton"`` the ``*_triton`` ops; ``"reference"`` the plain PyTorch loops of
-:mod:`fused_rnn.reference` (any device, slow). ``"auto"`` takes the fastest that runs on the
-input's device.
+:mod:`fused_rnn.reference` (any device, slow). ``"torch"`` is torch.nn's own kernels (cuDNN,
+oneDNN, ATen) for the whole layer stack or cell step (:mod:`fused_rnn.torch_backend`), so it
+has no per-direction functions. ``"auto"`` takes what :mod:`fused_rnn.dispatch` decides: the
+backend recorded correct and fastest for the call on this kind of device.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from . import _ops, reference
+from . import _ops, dispatch, reference
 
-BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+BACKENDS = ("auto", "cpu", "cuda", "triton", "torch", "reference")
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 
@@ -150,7 +153,7 @@ def _unavailable_reason(name: str, cell: str, device: torch.device, proj: bool) 
         return None
     if name == "triton":
         return triton_unavailable_reason(cell, device, proj)
-    return None  # reference runs anywhere
+    return None  # torch.nn's kernels and the reference loops run anywhere torch does
 
 
 def available(name: str, cell: str, device: torch.device | str, *, proj: bool = False) -> bool:
@@ -158,26 +161,132 @@ def available(name: str, cell: str, device: torch.device | str, *, proj: bool = 
     return _unavailable_reason(name, cell, torch.device(device), proj) is None
 
 
-def auto_backend_name(cell: str, device: torch.device, *, proj: bool = False) -> str:
-    """The backend ``"auto"`` resolves to: the compiled kernels of the device, else Triton on a
-    GPU, else the reference loops."""
-    for name in ("cpu", "cuda", "triton"):
-        if _unavailable_reason(name, cell, device, proj) is None:
-            return name
-    return "reference"
-
-
-def resolve(backend: str, device: torch.device | str, *, cell: str, proj: bool = False) -> Backend:
-    """The implementation of ``cell`` for tensors on ``device``. ``proj``: an LSTM with a
-    projection (``proj_size > 0``), which not every backend supports."""
+def _check_names(backend: str, cell: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# backend="auto"
+# ---------------------------------------------------------------------------------------------
+
+#: (device, device class, call, compiling, policy, extra tables) -> Choice; read as a plain dict
+#: (torch.compile reads a dict like any global; functools caches it traces through).
+_AUTO_CHOICES: dict[tuple, dispatch.Choice] = {}
+
+
+def _auto_choice(call: dispatch.Call, device: torch.device, *, compiling: bool = False,
+                 device_class: dispatch.DeviceClass | None = None) -> dispatch.Choice:
+    # The key holds what can change the answer within a process: the thread count (a CPU's
+    # class) and tables written since. The variables FUSED_RNN_AUTO_POLICY and
+    # FUSED_RNN_DISPATCH_TABLES are read when a decision is taken (reading the environment
+    # costs microseconds): clear_auto_cache() after changing them in a running process.
+    key = (call, device, device_class, torch.get_num_threads(), compiling, dispatch.generation)
+    choice = _AUTO_CHOICES.get(key)
+    if choice is None:
+        def runnable(name: str) -> bool:
+            return _unavailable_reason(name, call.cell, device, call.proj) is None
+
+        choice = _AUTO_CHOICES[key] = dispatch.decide(
+            call, device_class or dispatch.device_class(device), runnable, compiling=compiling)
+    return choice
+
+
+def clear_auto_cache() -> None:
+    """Forgets auto's decisions: after FUSED_RNN_AUTO_POLICY or FUSED_RNN_DISPATCH_TABLES
+    changed in a running process."""
+    _AUTO_CHOICES.clear()
+
+
+# torch.compile: the decision is taken once while tracing (Dynamo calls this for real and bakes
+# in the answer) from what a graph does not vary over (not the batch size or the length), so
+# that a graph with dynamic shapes stays valid.
+@torch.compiler.assume_constant_result
+def _auto_for_graph(cell: str, device: torch.device, dtype: str, training: bool, hidden: int,
+                    layers: int, directions: int, lengths: bool, proj: bool) -> str:
+    call = dispatch.Call(cell, dtype, training, None, hidden, layers, directions, lengths, None,
+                         proj)
+    return _auto_choice(call, device, compiling=True).backend
+
+
+def auto_call(cell: str, dtype: torch.dtype, training: bool, batch: int, hidden: int, *,
+              layers: int = 1, directions: int = 1, lengths: bool = False, seq_len: int = 1,
+              proj: bool = False) -> dispatch.Call:
+    """The :class:`fused_rnn.dispatch.Call` of a layer call (what auto's records are keyed by)."""
+    return dispatch.Call(cell, dispatch.DTYPE_NAMES.get(dtype, str(dtype)), training, batch,
+                         hidden, layers, directions, lengths, seq_len, proj)
+
+
+def auto_backend_name(cell: str, device: torch.device | str, *, proj: bool = False,
+                      call: dispatch.Call | None = None,
+                      device_class: dispatch.DeviceClass | None = None,
+                      compiling: bool | None = None) -> str:
+    """The backend ``"auto"`` resolves to for ``call`` (default: a one-step fp32 inference call
+    of one sequence) on ``device``, or on a device of class ``device_class`` (which need not be
+    present: a pretend H100 on a CPU-only machine). :func:`explain_auto` says why."""
+    return explain_auto(cell, device, proj=proj, call=call, device_class=device_class,
+                        compiling=compiling).backend
+
+
+def explain_auto(cell: str, device: torch.device | str, *, proj: bool = False,
+                 call: dispatch.Call | None = None,
+                 device_class: dispatch.DeviceClass | None = None,
+                 compiling: bool | None = None) -> dispatch.Choice:
+    """What ``"auto"`` takes and why (the record and table it used, or the rule)."""
     device = torch.device(device)
+    if call is None:
+        call = auto_call(cell, torch.float32, False, 1, 1, proj=proj)
+    if compiling is None:
+        compiling = torch.compiler.is_compiling()
+    return _auto_choice(call, device, compiling=compiling, device_class=device_class)
+
+
+def explain(module, input, hx=None, lengths=None) -> dispatch.Choice:
+    """The backend ``module`` (a fused_rnn layer or cell) runs a call on ``input`` (and ``hx``,
+    ``lengths``) with, in the current grad mode and autocast state, and why: for
+    ``backend="auto"`` the record and table auto used, or the rule. Runs no kernel."""
+    from .modules import describe_call
+
+    cell, device, call = describe_call(module, input, hx, lengths)
+    if module.backend != "auto":
+        return dispatch.Choice(choose(module.backend, device, cell=cell, proj=call.proj),
+                               f"the module's backend is {module.backend!r}")
+    return explain_auto(cell, device, proj=call.proj, call=call)
+
+
+def choose(backend: str, device: torch.device, *, cell: str, proj: bool = False,
+           call: Callable[[], dispatch.Call] | None = None) -> str:
+    """The backend name a call runs on: ``backend`` itself when it can run the call (else a
+    RuntimeError saying why), or auto's choice. ``call`` makes the call's description (only
+    asked for auto, outside torch.compile)."""
+    _check_names(backend, cell)
     if backend == "auto":
-        return _BUILT[auto_backend_name(cell, device, proj=proj)]
+        if call is None:
+            return auto_backend_name(cell, device, proj=proj)
+        described = call()
+        if torch.compiler.is_compiling():
+            return _auto_for_graph(cell, device, described.dtype, described.training,
+                                   described.hidden, described.layers, described.directions,
+                                   described.lengths, proj)
+        return _auto_choice(described, device).backend
     reason = _unavailable_reason(backend, cell, device, proj)
     if reason is not None:
         raise RuntimeError(f"fused_rnn backend {backend!r} is not available: {reason}")
-    return _BUILT[backend]
+    return backend
+
+
+def implementation(name: str) -> Backend:
+    """The per-direction functions of a fused backend (not "torch", not "auto")."""
+    return _BUILT[name]
+
+
+def resolve(backend: str, device: torch.device | str, *, cell: str, proj: bool = False) -> Backend:
+    """The per-direction implementation of ``cell`` for tensors on ``device`` (``"auto"``: a
+    fused backend, as for a call whose description is not known). ``"torch"`` has none: it
+    runs whole layer stacks (:mod:`fused_rnn.torch_backend`)."""
+    name = choose(backend, torch.device(device), cell=cell, proj=proj)
+    if name == "torch":
+        raise ValueError("the 'torch' backend runs whole layer stacks, not single directions")
+    return _BUILT[name]

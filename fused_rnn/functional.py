@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import backends, deploy
+from . import backends, deploy, dispatch, torch_backend
 
 #: (w_ih, w_hh, b_ih, b_hh, w_hr) of one layer and direction
 LayerWeights = Sequence[Optional[Tensor]]
@@ -253,7 +253,16 @@ def _stack(
         c0 = c0.to(dtype) if c0 is not None else None
         weights = [[w.to(dtype) if w is not None else None for w in layer] for layer in weights]
 
-    impl = backends.resolve(backend, x.device, cell=cell, proj=w_hr0 is not None)
+    def call() -> "dispatch.Call":  # what auto's choice depends on (asked only by auto)
+        return describe_stack(cell, x, h0, c0, weights, num_directions, lengths)
+
+    name = backends.choose(backend, x.device, cell=cell, proj=w_hr0 is not None, call=call)
+    if name == "torch":
+        output, h_n, c_n = torch_backend.stack(
+            cell, x, h0, c0, weights, bidirectional=bidirectional, dropout=dropout,
+            training=training, lengths=lengths)
+        return (output.transpose(0, 1) if batch_first else output), h_n, c_n
+    impl = backends.implementation(name)
     h_n, c_n = [], []
     for layer in range(num_layers):
         outputs = []
@@ -277,6 +286,30 @@ def _stack(
             x = F.dropout(x, dropout, training=True)
     output = x.transpose(0, 1) if batch_first else x
     return output, torch.stack(h_n), torch.stack(c_n) if cell == "lstm" else None
+
+
+def _records_gradients(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def describe_stack(cell, x, h0, c0, weights, num_directions, lengths) -> "dispatch.Call":
+    """What decides the speed of a stack call (x time-major [T, B, I]): the key of auto's
+    records."""
+    w_hh, w_hr = weights[0][1], weights[0][4]
+    training = torch.is_grad_enabled() and (
+        _records_gradients(x, h0, c0)
+        or any(w is not None and w.requires_grad for layer in weights for w in layer))
+    return backends.auto_call(
+        cell, x.dtype, training, x.shape[1], w_hh.shape[0] // _GATES[cell],
+        layers=len(weights) // num_directions, directions=num_directions,
+        lengths=lengths is not None, seq_len=x.shape[0], proj=w_hr is not None)
+
+
+def describe_step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh) -> "dispatch.Call":
+    """What decides the speed of a cell step (input [B, I])."""
+    training = _records_gradients(input, h, c, w_ih, w_hh, b_ih, b_hh)
+    return backends.auto_call(cell, input.dtype, training, input.shape[0],
+                              w_hh.shape[0] // _GATES[cell])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +337,7 @@ def lstm(
         weights: per layer and direction, ``(w_ih, w_hh, b_ih, b_hh, w_hr)``.
         lengths: optional ``[B]`` sequence lengths (int64 tensor on the CPU or input's
             device, or a list); steps past a sequence's length are padding.
-        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"``, ``"torch"`` or ``"reference"``.
 
     Returns:
         ``output [T, B, D*P]`` (zeros on padding) and ``(h_n, c_n)``.
@@ -396,7 +429,12 @@ def _cell_step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh, backend, cast_dtype):
         c = c.to(cast_dtype) if c is not None else None
         b_ih = b_ih.to(cast_dtype) if b_ih is not None else None
         b_hh = b_hh.to(cast_dtype) if b_hh is not None else None
-    impl = backends.resolve(backend, input.device, cell=cell)
+    name = backends.choose(
+        backend, input.device, cell=cell,
+        call=lambda: describe_step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh))
+    if name == "torch":
+        return torch_backend.step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh)
+    impl = backends.implementation(name)
     if impl.step is not None:
         return impl.step(cell, input, h, c, w_ih, w_hh, b_ih, b_hh)
     _, h_new, c_new = _run_layer(

@@ -3,7 +3,7 @@
 Same constructor, parameter names, shapes and initialisation, state_dict (loadable both ways),
 forward signature, outputs, warnings and errors as torch.nn; the recurrence runs in fused_rnn's
 kernels. Extras: keyword-only ``backend=`` on the constructor (``"auto"``, ``"cpu"``,
-``"cuda"``, ``"triton"``, ``"reference"``; also a plain attribute) and ``lengths`` on
+``"cuda"``, ``"triton"``, ``"torch"``, ``"reference"``; also a plain attribute) and ``lengths`` on
 ``forward`` (after ``hx``) for padded batches of variable length.
 
 Every ``forward`` is TorchScript (``torch.jit.script``), as torch.nn's are: scripted, a layer
@@ -15,13 +15,14 @@ The layers subclass ``torch.nn.RNNBase``, not ``torch.nn.LSTM``/``GRU``/``RNN``:
 these.
 """
 
+import dataclasses
 from typing import Optional, Tuple, overload
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import backends, deploy, functional
+from . import backends, deploy, dispatch, functional
 from .deploy import torchscript
 
 
@@ -57,10 +58,6 @@ class _FusedRNNBase(nn.RNNBase):
         super().__setstate__(state)
         if "_weight_names" not in self.__dict__:  # pickled by a version that did not keep them
             self._set_weight_names()
-
-    def flatten_parameters(self) -> None:
-        """No-op: the fused kernels read the parameters where they are (torch.nn packs them into
-        one buffer for cuDNN)."""
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -416,3 +413,36 @@ class RNNCell(_FusedCellBase):
             h = self._batched_state("RNNCell", "hidden", hx, is_batched)
         h, _ = self._step(f"rnn_{self.nonlinearity}", input, h, None)
         return h if is_batched else h.squeeze(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# What backend="auto" sees of a call (fused_rnn.backends.explain)
+# ---------------------------------------------------------------------------------------------
+
+
+def describe_call(module: nn.Module, input, hx=None, lengths=None):
+    """(cell, device, :class:`fused_rnn.dispatch.Call`) of calling ``module`` (a fused_rnn layer
+    or cell) on ``input`` in the current grad mode and autocast state: what auto decides by."""
+    if isinstance(module, _FusedRNNBase):
+        cell = module.mode.lower()
+        if isinstance(input, PackedSequence):
+            input, lengths = pad_packed_sequence(input, batch_first=module.batch_first)
+        batched = input.dim() == 3
+        x = input.transpose(0, 1) if batched and module.batch_first else input
+        x = x if batched else x.unsqueeze(1)
+        h0, c0 = hx if isinstance(hx, tuple) else (hx, None)
+        directions = 2 if module.bidirectional else 1
+        call = functional.describe_stack(cell, x, h0, c0, module._layer_weights(), directions,
+                                         lengths)
+    elif isinstance(module, _FusedCellBase):
+        cell = {LSTMCell: "lstm", GRUCell: "gru"}.get(type(module))
+        cell = cell or f"rnn_{module.nonlinearity}"
+        x = input if input.dim() == 2 else input.unsqueeze(0)
+        h, c = hx if isinstance(hx, tuple) else (hx, None)
+        call = functional.describe_step(cell, x, h, c, *module._weights())
+    else:
+        raise TypeError(f"expected a fused_rnn layer or cell, got {type(module).__name__}")
+    cast = functional._autocast_dtype(x)
+    if cast is not None:
+        call = dataclasses.replace(call, dtype=dispatch.DTYPE_NAMES[cast])
+    return cell, x.device, call

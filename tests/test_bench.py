@@ -151,7 +151,7 @@ def test_backend_that_raises_is_failed():
 
 def test_default_backends_skip_reference_and_cpu_triton():
     names = candidates.default_backend_names(torch.device("cpu"), ["lstm"])
-    assert names == ["cpu"]
+    assert names == ["cpu", "torch"]
     with pytest.raises(ValueError, match="unknown backend"):
         candidates.select(["nope"], torch.device("cpu"), ["lstm"])
 

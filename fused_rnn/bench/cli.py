@@ -15,6 +15,8 @@ from typing import Mapping, Sequence
 
 import torch
 
+from fused_rnn import dispatch
+
 from . import candidates as candidates_module
 from . import cases as cases_module
 from . import environment, results_csv, runner, table
@@ -61,8 +63,8 @@ def parser() -> argparse.ArgumentParser:
                    default=list(cases_module.DEFAULT_CELLS),
                    help="comma-separated: lstm, gru, rnn (= rnn_tanh), rnn_relu (default: lstm,gru,rnn)")
     p.add_argument("--backends", type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
-                   help="comma-separated fused_rnn backends (cpu, cuda, triton, reference, auto); "
-                        "default: every one available on the device but reference")
+                   help="comma-separated fused_rnn backends (cpu, cuda, triton, torch, reference, "
+                        "auto); default: every one available on the device but reference and auto")
     p.add_argument("--dtype", type=_choices(tuple(cases_module.DTYPES)),
                    help="comma-separated: fp32, fp16, bf16 (default: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--modes", type=_choices(cases_module.MODES), default=list(cases_module.MODES),
@@ -85,6 +87,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, help="timed runs per call, median taken (default: by grid)")
     p.add_argument("--warmup", type=int, help="untimed runs per call first (default: 10 GPU, 1 CPU)")
     p.add_argument("--no-plot", action="store_true", help="do not redraw the plots")
+    p.add_argument("--dispatch-out", metavar="PATH",
+                   help="write the dispatch table of this run to PATH (a .json file, or a "
+                        "directory: then a file named after the device class) for "
+                        "backend='auto' (fused_rnn/dispatch.py); the shipped tables live in "
+                        "fused_rnn/dispatch_tables/")
     return p
 
 
@@ -154,6 +161,7 @@ def main(argv: Sequence[str] | None = None, *, extra_candidates: Mapping[str, Ca
             + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""),
             highlight=False,
         )
+        device_class = dispatch.device_class(device)   # at the thread count measured
         rows = _run_with_progress(cases, chosen, settings, total, console)
     finally:
         torch.set_num_threads(threads)
@@ -164,6 +172,13 @@ def main(argv: Sequence[str] | None = None, *, extra_candidates: Mapping[str, Ca
     console.print(f"appended {len(rows)} rows to {csv_path}", highlight=False)
     if not args.no_plot:
         _plot(csv_path, os.path.join(args.out, "plots"), console)
+    if args.dispatch_out:
+        path = args.dispatch_out
+        if os.path.isdir(path) or not path.endswith(".json"):
+            path = os.path.join(path, dispatch.table_file_name(device_class))
+        command = "python -m fused_rnn.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        dispatch.write_table(path, dispatch.table_from_rows(rows, device_class, command=command))
+        console.print(f"dispatch table of {device_class.describe()}: {path}", highlight=False)
     failed = sum(row["status"] != "OK" for row in rows)
     if failed:
         console.print(f"[bold red]{failed} configuration(s) FAILED the correctness gate[/bold red]")
