@@ -6,15 +6,24 @@ import json
 
 import pytest
 
-from fused_rnn import backends
+from fused_rnn import backends, dispatch
 from fused_rnn.check import main
 
-SMALL = ["--devices", "cpu", "--backends", "cpu,reference", "--cells", "gru,lstm+proj", "--quick"]
+SMALL = ["--devices", "cpu", "--cells", "gru,lstm+proj", "--quick"]
 
 
-def test_passes_and_reports(capsys, tmp_path):
+@pytest.fixture
+def fused_policy(monkeypatch):
+    """auto under a forced policy, so that a recorded table cannot change what it takes."""
+    monkeypatch.setenv(dispatch.POLICY_VARIABLE, "fused")
+    backends.clear_auto_cache()
+    yield
+    backends.clear_auto_cache()
+
+
+def test_passes_and_reports(capsys, tmp_path, fused_policy):
     summary = tmp_path / "check.json"
-    code = main([*SMALL, "--dtypes", "fp32,bf16", "--json", str(summary)])
+    code = main([*SMALL, "--backends", "auto,torch,reference", "--dtypes", "fp32,bf16", "--json", str(summary)])
     out = capsys.readouterr().out
     assert code == 0, out
     for heading in ("Versions", "Build", "Devices", "Backends", "Results"):
@@ -22,23 +31,25 @@ def test_passes_and_reports(capsys, tmp_path):
     assert "CUDA kernels" in out and "torch" in out
     # one line per device, backend, cell and dtype: 2 layouts each
     rows = [line.split() for line in out.splitlines() if line.startswith("  cpu ") and "/" in line]
+    # auto: what it took (the fused policy: the CPU backend)
     assert {(r[1], r[2], r[3], r[4]) for r in rows} == {
         (backend, cell, dtype, "2/2")
-        for backend in ("cpu", "reference") for cell in ("gru", "lstm+proj") for dtype in ("fp32", "bf16")
+        for backend in ("auto(cpu)", "torch", "reference") for cell in ("gru", "lstm+proj")
+        for dtype in ("fp32", "bf16")
     }
-    assert out.rstrip().splitlines()[-1].startswith("OK: 16 cases, 16 passed, 0 failed")
+    assert out.rstrip().splitlines()[-1].startswith("OK: 24 cases, 24 passed, 0 failed")
     data = json.loads(summary.read_text())
-    assert (data["cases"], data["passed"], data["failed"], data["failures"]) == (16, 16, 0, [])
+    assert (data["cases"], data["passed"], data["failed"], data["failures"]) == (24, 24, 0, [])
 
 
 def test_a_wrong_backend_fails_and_is_named(capsys, monkeypatch, tmp_path):
     """The reference backend's GRU made wrong by one part in 1e4: every fp32 GRU case fails with
     the tensors named, the other cells pass, and the exit code is 1."""
-    real_resolve = backends.resolve
+    real_implementation = backends.implementation
 
-    def resolve(backend, device, **kwargs):
-        impl = real_resolve(backend, device, **kwargs)
-        if backend != "reference" or kwargs.get("cell") != "gru":
+    def implementation(name):
+        impl = real_implementation(name)
+        if name != "reference":
             return impl
 
         def wrong_gru(*args):
@@ -47,9 +58,9 @@ def test_a_wrong_backend_fails_and_is_named(capsys, monkeypatch, tmp_path):
 
         return dataclasses.replace(impl, gru=wrong_gru)
 
-    monkeypatch.setattr(backends, "resolve", resolve)
+    monkeypatch.setattr(backends, "implementation", implementation)
     summary = tmp_path / "check.json"
-    code = main([*SMALL, "--dtypes", "fp32", "--json", str(summary)])
+    code = main([*SMALL, "--backends", "cpu,reference", "--dtypes", "fp32", "--json", str(summary)])
     out = capsys.readouterr().out
     assert code == 1, out
     assert "FAILED cpu reference gru fp32 uni full L1: output: error" in out

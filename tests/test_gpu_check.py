@@ -3,6 +3,7 @@ recorded benchmark CSV), the stage runner (limits, process groups, going on past
 the readers of each stage's outputs."""
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import gpu_check  # noqa: E402
 import gpu_check_summary as summary  # noqa: E402
+import merge_dispatch_tables  # noqa: E402
 
 
 def test_dry_run_layout_commands_and_summary(tmp_path):
@@ -26,6 +28,7 @@ def test_dry_run_layout_commands_and_summary(tmp_path):
         capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert sorted(os.listdir(out)) == ["bench", "dispatch", "logs", "summary.txt"]
+    assert sorted(os.listdir(out / "dispatch")) == ["bf16", "fp16", "fp32"]
     assert sorted(os.listdir(out / "logs")) == sorted(f"{s}.log" for s in gpu_check.STAGES)
     with open(gpu_check.FIXTURE_CSV) as f:
         assert (out / "bench" / "results.csv").read_text() == f.read()
@@ -41,7 +44,10 @@ def test_dry_run_layout_commands_and_summary(tmp_path):
     assert f"-m fused_rnn.check --devices cuda --json {out}/selftest.json" in command("selftest")
     for dtype in ("bf16", "fp16", "fp32"):
         assert (f"-m fused_rnn.bench --device cuda --grid quick --dtype {dtype} --out {out}/bench "
-                f"--no-plot --dispatch-out {out}/dispatch/dry-run-gpu-{dtype}.json") in command(f"bench-{dtype}")
+                f"--no-plot --dispatch-out {out}/dispatch/{dtype}") in command(f"bench-{dtype}")
+    assert command("dispatch").endswith(
+        f"tools/merge_dispatch_tables.py {out}/dispatch {out}/dispatch/bf16 {out}/dispatch/fp16 "
+        f"{out}/dispatch/fp32")
 
     # the summary: printed last and written; every stage; the recorded CSV's numbers
     text = (out / "summary.txt").read_text()
@@ -52,6 +58,7 @@ def test_dry_run_layout_commands_and_summary(tmp_path):
     rows = list(csv.DictReader(open(gpu_check.FIXTURE_CSV)))
     fwd = [float(r["speedup"]) for r in rows if r["mode"] == "fwd"]
     assert f"({min(fwd):.2f}-{max(fwd):.2f}) n={len(fwd)}" in text
+    assert "dispatch table: none written" in text
     assert lines[-1] == f"DRY RUN; outputs in {out}"
 
 
@@ -60,6 +67,22 @@ def test_usage_errors():
         with pytest.raises(SystemExit) as exit:
             gpu_check.main(["/tmp/unused", *argv])
         assert exit.value.code == 2
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an orphan whose exit status nobody
+    has collected yet, as in a container whose first process does not reap them)."""
+    deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        if state in ("Z", "X"):
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_a_stage_past_its_limit_is_killed_with_its_children_and_the_run_goes_on(tmp_path, monkeypatch):
@@ -76,8 +99,7 @@ def test_a_stage_past_its_limit_is_killed_with_its_children_and_the_run_goes_on(
     outcomes = gpu_check.run_phase(stages, str(tmp_path), time.monotonic() + 30, dry_run=False)
     assert time.monotonic() - start < 15
     assert [outcomes[s].status for s in ("hangs", "fails", "works")] == ["TIMEOUT", "FAILED (rc 3)", "ok"]
-    with pytest.raises(ProcessLookupError):  # the background child went with its group
-        os.kill(int(pid_file.read_text()), 0)
+    assert not _running(int(pid_file.read_text()))  # the background child went with its group
     assert "killed after 1 s" in (tmp_path / "logs" / "hangs.log").read_text()
     assert (tmp_path / "logs" / "works.log").read_text().splitlines()[-1] == "hello"
 
@@ -89,10 +111,9 @@ def test_no_stage_starts_past_the_deadline(tmp_path):
     assert outcomes["env"].status == "not started"
 
 
-def test_arch_list_and_names():
+def test_arch_list():
     assert gpu_check.gpu_arch_list(["9.0"]) == "9.0a"
     assert gpu_check.gpu_arch_list(["8.0", "8.6", "8.0"]) == "8.0;8.6"
-    assert gpu_check.slug("NVIDIA H200") == "nvidia-h200"
 
 
 def test_pytest_result_from_junit_and_from_the_log(tmp_path):
@@ -152,3 +173,31 @@ def test_bench_result_counts_failed_rows(tmp_path):
     assert failing == ["lstm cpu fwd fp32 B1 T100 H128: output: error 1 vs torch.nn exceeds 0.1"]
     assert "n=20" in table[1] and "n=21" in table[1]
     assert summary.bench_result(str(path), dtype="bf16")[0] == "no rows of bf16"
+
+
+def test_dispatch_tables_of_several_runs_merge_into_one(tmp_path, capsys):
+    """tools/merge_dispatch_tables.py on two tables of one device class, as two benchmark runs
+    (here the recorded CPU run split by mode) write them: one table with every record, which
+    backend='auto' reads; a table of another device class is refused."""
+    from fused_rnn import dispatch
+
+    rows = list(csv.DictReader(open(gpu_check.FIXTURE_CSV)))
+    device = dispatch.DeviceClass("cuda", "NVIDIA H200", "sm_90", "2.11")
+    for mode in ("fwd", "fwd+bwd"):
+        part = [r for r in rows if r["mode"] == mode]
+        dispatch.write_table(str(tmp_path / mode / "h200.json"),
+                             dispatch.table_from_rows(part, device, command=f"bench {mode}"))
+    merge = [str(tmp_path / "merged"), str(tmp_path / "fwd"), str(tmp_path / "fwd+bwd")]
+    assert merge_dispatch_tables.main(merge) == 0
+    merged = json.loads((tmp_path / "merged" / "h200.json").read_text())
+    assert merged["device"] == dataclasses.asdict(device)
+    assert merged["recorded"]["commands"] == ["bench fwd", "bench fwd+bwd"]
+    assert len(merged["records"]) == len(dispatch.records_from_rows(rows))
+    assert summary.dispatch_result(str(tmp_path / "merged")).startswith(
+        f"dispatch/h200.json: {len(merged['records'])} records (fp32 {len(merged['records'])})")
+
+    other = dispatch.DeviceClass("cuda", "NVIDIA H100", "sm_90", "2.11")
+    dispatch.write_table(str(tmp_path / "fwd" / "h200.json"), dispatch.table_from_rows(rows, other))
+    assert merge_dispatch_tables.main(merge) == 1
+    error = capsys.readouterr().err
+    assert "fwd+bwd/h200.json is of {" in error and "'name': 'NVIDIA H100'" in error

@@ -11,7 +11,8 @@ CUDA toolkit with compute-sanitizer, 16 cores, no network (nothing is installed:
 
 Stages, each with its own time limit (``LIMITS``, seconds). A stage past its limit is killed
 with its whole process group, and the run goes on; so it does after a failed stage. No stage
-runs past ``--deadline`` (470 s from the start), so the whole run, summary included, ends
+runs past ``--deadline`` (470 s from the start; the benchmark stops ``TAIL_SECONDS`` earlier,
+leaving the merge of the dispatch tables its time), so the whole run, summary included, ends
 within 8 minutes. The phases run one after the other; the stages of a phase run side by side.
 
   1 env         the GPU (nvidia-smi), driver, Python, torch, CUDA, cuDNN, Triton, nvcc
@@ -25,6 +26,8 @@ within 8 minutes. The phases run one after the other; the stages of a phase run 
   4 bench-bf16  python -m fused_rnn.bench --device cuda --grid quick --dtype bf16, every fused
     bench-fp16  GPU backend with torch.nn (cuDNN) timed beside it in every row, and the
     bench-fp32  dispatch table of the run; one dtype at a time, alone on the GPU
+  5 dispatch    the three runs' dispatch tables merged into one for the GPU's device class
+                (tools/merge_dispatch_tables.py), as ``auto`` reads one table per class
 
 Correctness runs side by side (phase 3: the GPU is shared, nothing there is timed; the Triton
 kernels compile on many cores at once); the benchmark runs alone. It runs once per dtype
@@ -38,7 +41,9 @@ Output folder (created, or reused):
   OUT/pytest-cuda.xml             pytest's JUnit XML
   OUT/selftest.json               the self-test's counts and failures
   OUT/bench/results.csv           the benchmark's rows (every dtype)
-  OUT/dispatch/<gpu>-<dtype>.json the dispatch table of each benchmark run
+  OUT/dispatch/<class>.json       the dispatch table of the GPU's device class, every dtype:
+                                  what fused_rnn/dispatch_tables/ ships once committed
+  OUT/dispatch/<dtype>/<class>.json  the table of each benchmark run
 
 ``--dry-run`` runs nothing: it writes each stage's command into its log, copies a recorded
 benchmark CSV (``--bench-csv``, default the fixture in tests/data/) to OUT/bench/results.csv
@@ -50,7 +55,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -68,20 +72,23 @@ FIXTURE_CSV = os.path.join(REPO, "tests", "data", "gpu_check", "bench_results_fi
 BENCH_DTYPES = ("bf16", "fp16", "fp32")
 SANITIZERS = ("memcheck", "racecheck", "synccheck")
 
-#: The phases and each stage's time limit, seconds. What each is expected to take on an
-#: H100/H200 with 16 cores, and how that was estimated: README.md, "Checking on a GPU".
+#: The phases and each stage's time limit, seconds: estimates for an H100/H200 with 16 cores
+#: (README.md, "Checking on a GPU", says how they were made), not yet measured there. The
+#: deadline bounds the whole run whatever the stages take.
 PHASES = (
-    {"env": 30},
-    {"build": 180},
-    {"pytest": 150, "memcheck": 120, "racecheck": 120, "synccheck": 90, "selftest": 150},
-    {"bench-bf16": 120},
-    {"bench-fp16": 100},
-    {"bench-fp32": 100},
+    {"env": 20},
+    {"build": 150},
+    {"pytest": 120, "memcheck": 120, "racecheck": 120, "synccheck": 90, "selftest": 120},
+    {"bench-bf16": 70},
+    {"bench-fp16": 60},
+    {"bench-fp32": 60},
+    {"dispatch": 20},
 )
 LIMITS = {name: limit for phase in PHASES for name, limit in phase.items()}
 STAGES = tuple(LIMITS)
 DEFAULT_DEADLINE = 470  # seconds: 8 minutes less the summary and a margin
-MIN_STAGE_SECONDS = 15  # a stage that would get less is not started
+TAIL_SECONDS = LIMITS["dispatch"]  # kept for the last phase: no other stage runs into it
+MIN_STAGE_SECONDS = 10  # a stage that would get less is not started
 
 # The env stage's "key: value" lines (gpu_check_summary.environment reads them).
 _ENV_SCRIPT = r"""
@@ -138,10 +145,6 @@ def query_gpus() -> list[tuple[str, str]]:
     return [tuple(part.strip() for part in line.split(",", 1)) for line in out.splitlines() if "," in line]
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "gpu"
-
-
 def git_commit() -> str:
     """The checkout's commit, +dirty with local changes; "unknown" outside a git checkout."""
     def git(*args):
@@ -164,7 +167,7 @@ def find_sanitizer(cuda_home: str) -> str:
     return "compute-sanitizer"
 
 
-def make_stages(args, out: str, arch_list: str, gpu_name: str) -> dict[str, Stage]:
+def make_stages(args, out: str, arch_list: str) -> dict[str, Stage]:
     py = args.python
     cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
     sanitizer = find_sanitizer(cuda_home)
@@ -178,8 +181,10 @@ def make_stages(args, out: str, arch_list: str, gpu_name: str) -> dict[str, Stag
         Stage("build", [py, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."],
               {"FUSED_RNN_CUDA": "1", "TORCH_CUDA_ARCH_LIST": arch_list, "MAX_JOBS": str(args.jobs),
                "CUDA_HOME": cuda_home}),
+        # faulthandler_timeout: a test hanging that long has its stack written to the log
         Stage("pytest", [py, "-m", "pytest", "tests", "-m", "cuda", "-q", "-p", "no:cacheprovider",
-                         "--continue-on-collection-errors", "--junitxml", os.path.join(out, "pytest-cuda.xml"),
+                         "-o", "faulthandler_timeout=90", "--continue-on-collection-errors",
+                         "--junitxml", os.path.join(out, "pytest-cuda.xml"),
                          *(["-n", str(args.pytest_workers)] if args.pytest_workers > 1 else [])]),
         Stage("selftest", [py, "-m", "fused_rnn.check", "--devices", "cuda",
                            "--json", os.path.join(out, "selftest.json")]),
@@ -191,11 +196,15 @@ def make_stages(args, out: str, arch_list: str, gpu_name: str) -> dict[str, Stag
         stages.append(Stage(tool, [sanitizer, "--tool", tool, "--print-limit", "20", py,
                                    "tests/cuda_sanitizer_check.py", *quick],
                             {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}))
+    dispatch = os.path.join(out, "dispatch")
     for dtype in BENCH_DTYPES:
+        # --dispatch-out to a directory: the table is named after the device class
         stages.append(Stage(f"bench-{dtype}", [
             py, "-m", "fused_rnn.bench", "--device", "cuda", "--grid", "quick", "--dtype", dtype,
             "--out", os.path.join(out, "bench"), "--no-plot",
-            "--dispatch-out", os.path.join(out, "dispatch", f"{slug(gpu_name)}-{dtype}.json")]))
+            "--dispatch-out", os.path.join(dispatch, dtype)]))
+    stages.append(Stage("dispatch", [py, "tools/merge_dispatch_tables.py", dispatch,
+                                     *(os.path.join(dispatch, dtype) for dtype in BENCH_DTYPES)]))
     return {stage.name: stage for stage in stages}
 
 
@@ -291,6 +300,8 @@ def stage_details(name: str, out: str) -> tuple[str, list[str]]:
         return summary.pytest_result(os.path.join(out, "pytest-cuda.xml"), log)
     if name in SANITIZERS:
         return summary.sanitizer_result(log)[0], []
+    if name == "dispatch":
+        return summary.dispatch_result(os.path.join(out, "dispatch")), []
     if name == "selftest":
         return summary.selftest_result(os.path.join(out, "selftest.json"))
     dtype = name.split("-", 1)[1]
@@ -315,10 +326,7 @@ def write_summary(out: str, outcomes: dict[str, Outcome], header: str, dry_run: 
     if table:
         lines += ["speed-up vs torch.nn (cuDNN on a GPU), torch_ms / fused_ms: geometric mean (min-max) "
                   "n=rows", *table]
-    dispatch = os.path.join(out, "dispatch")
-    tables = sorted(os.listdir(dispatch)) if os.path.isdir(dispatch) else []
-    lines.append("dispatch tables: " + (", ".join(
-        f"dispatch/{t} ({summary.file_size(os.path.join(dispatch, t))})" for t in tables) or "none written"))
+    lines.append("dispatch table: " + summary.dispatch_result(os.path.join(out, "dispatch")))
     if failures:
         lines += ["failures (the first of each stage):", *failures]
     bad = [n for n, o in outcomes.items() if o.status not in ("ok", "dry-run")]
@@ -375,17 +383,18 @@ def main(argv: list[str] | None = None) -> int:
     gpu_name = gpus[0][0] if gpus else "dry-run GPU"
 
     out = os.path.abspath(args.out)
-    for folder in ("logs", "bench", "dispatch"):
+    for folder in ("logs", "bench", "dispatch", *(f"dispatch/{d}" for d in BENCH_DTYPES)):
         os.makedirs(os.path.join(out, folder), exist_ok=True)
     if args.dry_run:
         shutil.copyfile(args.bench_csv, os.path.join(out, "bench", "results.csv"))
 
     deadline = time.monotonic() + args.deadline
-    stages = make_stages(args, out, arch_list, gpu_name)
+    stages = make_stages(args, out, arch_list)
     outcomes: dict[str, Outcome] = {}
     for phase in PHASES:
         chosen = [stages[name] for name in phase if name in args.stages]
-        outcomes.update(run_phase(chosen, out, deadline, args.dry_run))
+        last = phase is PHASES[-1]
+        outcomes.update(run_phase(chosen, out, deadline if last else deadline - TAIL_SECONDS, args.dry_run))
 
     header = (f"fused_rnn GPU check of commit {git_commit()} on {gpu_name} "
               f"(TORCH_CUDA_ARCH_LIST={arch_list}, MAX_JOBS={args.jobs})")

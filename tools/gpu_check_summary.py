@@ -139,5 +139,23 @@ def bench_result(csv_path: str, dtype: str | None = None) -> tuple[str, list[str
     return counts, table, failing
 
 
-def file_size(path: str) -> str:
-    return f"{os.path.getsize(path)} bytes" if os.path.isfile(path) else "missing"
+def dispatch_result(dispatch_dir: str) -> str:
+    """The merged dispatch tables in ``dispatch_dir`` (not the per-run ones below it): each
+    file's name and its records by dtype."""
+    try:
+        names = sorted(n for n in os.listdir(dispatch_dir) if n.endswith(".json"))
+    except OSError:
+        names = []
+    described = []
+    for name in names:
+        try:
+            with open(os.path.join(dispatch_dir, name)) as f:
+                records = json.load(f)["records"]
+            dtypes = defaultdict(int)
+            for record in records:
+                dtypes[record["dtype"]] += 1
+            counts = ", ".join(f"{d} {n}" for d, n in sorted(dtypes.items()))
+            described.append(f"dispatch/{name}: {len(records)} records ({counts or 'none'})")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            described.append(f"dispatch/{name}: unreadable ({type(error).__name__})")
+    return "; ".join(described) or "none written"

@@ -85,14 +85,11 @@ def present_devices() -> list[str]:
 
 def unavailable_reason(backend: str, cell: str, device: str) -> str | None:
     """Why ``backend`` cannot run the self-test's ``cell`` on ``device`` (None when it can)."""
-    base, proj = cell.split("+")[0], cell.endswith("+proj")
-    if backends.available(backend, base, device, proj=proj):
-        return None
-    try:  # resolve() says why in its error
-        backends.resolve(backend, device, cell=base, proj=proj)
-    except (RuntimeError, ValueError) as error:
+    try:  # choose() says why in its error
+        backends.choose(backend, torch.device(device), cell=cell.split("+")[0], proj=cell.endswith("+proj"))
+    except RuntimeError as error:
         return str(error).split(": ", 1)[-1]
-    return "not available"
+    return None
 
 
 def make_cases(

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .. import testing
+from .. import backends, testing
 from .cases import B, DTYPES, HIDDEN, INPUT, LENGTHS, PROJ, T, Case
 
 #: rtol against torch.nn in the same dtype (testing.same_dtype_bound).
@@ -52,6 +52,13 @@ class CaseResult:
     checks: list[TensorCheck] = field(default_factory=list)
     note: str = ""
     seconds: float = 0.0
+    #: for backend "auto": the backend it took (backends.explain)
+    ran_on: str = ""
+
+    @property
+    def backend_label(self) -> str:
+        """The case's backend, and for "auto" what it took: ``auto(torch)``."""
+        return f"{self.case.backend}({self.ran_on})" if self.ran_on else self.case.backend
 
     @property
     def worst_ratio(self) -> float:
@@ -175,7 +182,13 @@ def _run_case(case: Case, torch_cache: dict) -> CaseResult:
     x, hx = _inputs(case, dtype, device)
     lengths = torch.tensor(LENGTHS) if case.layout.lengths else None
     names = _names(case, fused)
+    ran_on = backends.explain(fused, x, hx, lengths).backend if case.backend == "auto" else ""
+    result = _compare(case, fused, torch_layer, x, hx, lengths, names, torch_cache)
+    result.ran_on = ran_on
+    return result
 
+
+def _compare(case: Case, fused, torch_layer, x, hx, lengths, names, torch_cache: dict) -> CaseResult:
     if case.torch_key not in torch_cache:
         torch_cache[case.torch_key] = _torch_results(case, torch_layer, x, hx, lengths)
     reference = torch_cache[case.torch_key]

@@ -7,9 +7,6 @@ import math
 from collections import defaultdict
 from typing import Sequence
 
-import torch
-
-from .. import backends
 from .cases import unavailable_reason
 from .compare import CaseResult
 
@@ -21,15 +18,6 @@ def _columns(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
 
 def section(title: str, entries: dict[str, str]) -> list[str]:
     return [title, *_columns([(name, value) for name, value in entries.items()])]
-
-
-def _auto_choice(cell: str, device: str) -> str | None:
-    """What ``"auto"`` takes for ``cell`` on ``device``, if the backends module says."""
-    try:
-        return backends.auto_backend_name(cell.split("+")[0], torch.device(device),
-                                          proj=cell.endswith("+proj"))
-    except Exception:  # noqa: BLE001 - only informative
-        return None
 
 
 def availability(devices: Sequence[str], backend_names: Sequence[str], cells: Sequence[str]) -> list[str]:
@@ -47,11 +35,7 @@ def availability(devices: Sequence[str], backend_names: Sequence[str], cells: Se
             else:
                 text = "no: " + next(iter(reasons.values()))
             if backend == "auto":
-                chosen = {cell: _auto_choice(cell, device) for cell in runs}
-                if len(set(chosen.values())) == 1 and None not in chosen.values():
-                    text += f" (takes {next(iter(chosen.values()))})"
-                elif chosen and None not in chosen.values():
-                    text += " (takes " + ", ".join(f"{c}: {b}" for c, b in chosen.items()) + ")"
+                text += " (what it takes per call: auto(...) in the results)"
             rows.append((device, backend, text))
     return ["Backends", *_columns(rows)]
 
@@ -60,7 +44,7 @@ def _groups(results: Sequence[CaseResult]) -> dict[tuple, list[CaseResult]]:
     groups: dict[tuple, list[CaseResult]] = defaultdict(list)
     for result in results:
         case = result.case
-        groups[(case.device, case.backend, case.cell, case.dtype)].append(result)
+        groups[(case.device, result.backend_label, case.cell, case.dtype)].append(result)
     return groups
 
 
