@@ -195,14 +195,20 @@ def _validate(table) -> None:
             raise ValueError(f"a record has no speed-ups: {record!r}"[:200])
 
 
+def _read(path: str) -> dict:
+    """The table at ``path``; OSError or ValueError when it cannot be read or is malformed."""
+    with open(path) as f:
+        table = json.load(f)
+    _validate(table)
+    return table
+
+
 @functools.cache
 def _load(paths: tuple[str, ...]) -> tuple[tuple[str, dict], ...]:
     tables = []
     for path in paths:
         try:
-            with open(path) as f:
-                table = json.load(f)
-            _validate(table)
+            table = _read(path)
         except (OSError, ValueError) as error:
             warnings.warn(f"fused_rnn: ignoring the dispatch table {path}: {error}; backend='auto' "
                           f"uses the rule for devices without a table", stacklevel=2)
@@ -363,9 +369,7 @@ def merge_tables(paths: list[str]) -> dict:
     merged, records = None, {}
     for path in paths:
         try:
-            with open(path) as f:
-                table = json.load(f)
-            _validate(table)
+            table = _read(path)
         except (OSError, ValueError) as error:
             raise ValueError(f"dispatch table {path}: {error}") from None
         if merged is None:

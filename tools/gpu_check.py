@@ -190,11 +190,12 @@ def make_stages(args, out: str, arch_list: str) -> dict[str, Stage]:
                            "--json", os.path.join(out, "selftest.json")]),
     ]
     for tool in SANITIZERS:
-        # Without torch's caching allocator every tensor is its own allocation, so memcheck
-        # sees an access past a tensor's end instead of into the next tensor of a block.
-        quick = [] if tool == "memcheck" else ["--quick"]
-        stages.append(Stage(tool, [sanitizer, "--tool", tool, "--print-limit", "20", py,
-                                   "tests/cuda_sanitizer_check.py", *quick],
+        quick = [] if tool == "memcheck" else ["--quick"]  # racecheck and synccheck are slow
+        # --error-exitcode: sanitizer errors fail the stage. Without torch's caching allocator
+        # every tensor is its own allocation, so memcheck sees an access past a tensor's end
+        # instead of one into the next tensor of a block.
+        stages.append(Stage(tool, [sanitizer, "--tool", tool, "--error-exitcode", "1", "--print-limit", "20",
+                                   py, "tests/cuda_sanitizer_check.py", *quick],
                             {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}))
     dispatch = os.path.join(out, "dispatch")
     for dtype in BENCH_DTYPES:
