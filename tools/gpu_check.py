@@ -73,15 +73,16 @@ BENCH_DTYPES = ("bf16", "fp16", "fp32")
 SANITIZERS = ("memcheck", "racecheck", "synccheck")
 
 #: The phases and each stage's time limit, seconds: estimates for an H100/H200 with 16 cores
-#: (README.md, "Checking on a GPU", says how they were made), not yet measured there. The
-#: deadline bounds the whole run whatever the stages take.
+#: (README.md, "Checking on a GPU", says how they were made), not yet measured there. Together
+#: they exceed the deadline, which bounds the whole run whatever the stages take: when the
+#: build and the tests use all their time, the last benchmark dtypes get less or none.
 PHASES = (
     {"env": 20},
-    {"build": 150},
+    {"build": 210},
     {"pytest": 120, "memcheck": 120, "racecheck": 120, "synccheck": 90, "selftest": 120},
-    {"bench-bf16": 70},
-    {"bench-fp16": 60},
-    {"bench-fp32": 60},
+    {"bench-bf16": 60},
+    {"bench-fp16": 50},
+    {"bench-fp32": 50},
     {"dispatch": 20},
 )
 LIMITS = {name: limit for phase in PHASES for name, limit in phase.items()}
