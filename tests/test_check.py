@@ -79,6 +79,7 @@ def test_a_wrong_backend_fails_and_is_named(capsys, monkeypatch, tmp_path):
     ["--dtypes", "fp8"],
     ["--devices", "cuda:7"],
     ["--devices", "nonesuch"],
+    ["--devices", "cpu", "--backends", "cpu,cuda"],  # a backend named that runs nowhere here
 ])
 def test_usage_errors_exit_2(argv, capsys):
     assert main(argv) == 2

@@ -96,6 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(out), flush=True)
 
     cases = make_cases(devices, backend_names, args.cells, args.dtypes, quick=args.quick)
+    idle = [name for name in args.backends or [] if not any(case.backend == name for case in cases)]
+    if idle:  # asked for by name, so not silently left out
+        print(f"{p.prog}: error: --backends {','.join(idle)}: runs none of the cells asked for on "
+              f"{', '.join(devices)} (see Backends above)", file=sys.stderr)
+        return EXIT_USAGE
     results, torch_cache = [], {}
     with strict_fp32():  # fp32 compared with fp32, not with TF32 (cuDNN's default)
         for case in cases:
