@@ -17,7 +17,7 @@ export CUDA_HOME ?= /usr/local/cuda
 export MAX_JOBS ?= 2
 
 .PHONY: all install build test test-cuda compile-check test-gpu-stack bench bench-quick \
-	bench-cpu-compare clean
+	bench-cpu-compare self-test gpu-check clean
 
 all: test
 
@@ -72,6 +72,19 @@ bench-quick: build
 
 bench-cpu-compare: build
 	$(PY) bench/cpu_vs_torch.py
+
+# The self-test: every backend against torch.nn on every device present (fused_rnn/check).
+CHECK_ARGS ?=
+self-test: build
+	$(PY) -m fused_rnn.check $(CHECK_ARGS)
+
+# On a lent GPU machine (its system python3, no venv, no network): build, pytest -m cuda,
+# compute-sanitizer, self-test, benchmark and dispatch tables in at most 8 minutes, all in
+# $(OUT). GPU_CHECK_ARGS=--dry-run shows the commands and the layout anywhere.
+OUT ?= build/gpu-check
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(PYTHON) tools/gpu_check.py $(OUT) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build fused_rnn/_C*.so *.egg-info

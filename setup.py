@@ -46,8 +46,21 @@ def build_with_cuda() -> bool:
     return found
 
 
+def cuda_arch_list() -> str:
+    """The GPU targets of the CUDA sources, as torch's build reads them from
+    TORCH_CUDA_ARCH_LIST (set here to the default when no GPU is visible; unset, torch builds
+    for the visible GPUs)."""
+    if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0a"
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    visible = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    return ";".join(f"{major}.{minor}" for major, minor in visible) + " (the visible GPUs)"
+
+
 def write_build_info(with_cuda: bool) -> str:
-    """Generate build/generated/build_info.h with the source hash; returns its directory."""
+    """Generate build/generated/build_info.h with the source hash, whether the CUDA kernels are
+    built and for which targets; returns its directory."""
     source_hash = runpy.run_path(os.path.join(ROOT, "fused_rnn", "_source_hash.py"))["source_hash"]
     out_dir = os.path.join(ROOT, "build", "generated")
     os.makedirs(out_dir, exist_ok=True)
@@ -55,6 +68,7 @@ def write_build_info(with_cuda: bool) -> str:
         "#pragma once\n"
         f'#define FUSED_RNN_SOURCE_HASH "{source_hash(CSRC)}"\n'
         f"#define FUSED_RNN_WITH_CUDA {int(with_cuda)}\n"
+        f'#define FUSED_RNN_CUDA_ARCH_LIST "{cuda_arch_list() if with_cuda else ""}"\n'
     )
     path = os.path.join(out_dir, "build_info.h")
     if not os.path.exists(path) or open(path).read() != text:
@@ -92,8 +106,6 @@ def extensions():
     extra = {"cxx": cxx}
     ext = CppExtension
     if with_cuda:
-        if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0a"
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         extra["nvcc"] = opt + [

@@ -98,7 +98,8 @@ PyObject* PyInit__C(void) {
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
   if (PyModule_AddStringConstant(module, "source_hash", FUSED_RNN_SOURCE_HASH) < 0 ||
-      PyModule_AddIntConstant(module, "with_cuda", FUSED_RNN_WITH_CUDA) < 0) {
+      PyModule_AddIntConstant(module, "with_cuda", FUSED_RNN_WITH_CUDA) < 0 ||
+      PyModule_AddStringConstant(module, "cuda_arch_list", FUSED_RNN_CUDA_ARCH_LIST) < 0) {
     Py_DECREF(module);
     return nullptr;
   }

@@ -200,14 +200,20 @@ def _validate(table) -> None:
             raise ValueError(f"a record has no speed-ups: {record!r}"[:200])
 
 
+def _read(path: str) -> dict:
+    """The table at ``path``; OSError or ValueError when it cannot be read or is malformed."""
+    with open(path) as f:
+        table = json.load(f)
+    _validate(table)
+    return table
+
+
 @functools.cache
 def _load(paths: tuple[str, ...]) -> tuple[tuple[str, dict], ...]:
     tables = []
     for path in paths:
         try:
-            with open(path) as f:
-                table = json.load(f)
-            _validate(table)
+            table = _read(path)
         except (OSError, ValueError) as error:
             warnings.warn(f"fused_rnn: ignoring the dispatch table {path}: {error}; backend='auto' "
                           f"uses the rule for devices without a table", stacklevel=2)
@@ -358,6 +364,37 @@ def table_from_rows(rows: list[dict], device: DeviceClass, *, command: str = "")
                      "torch_version": torch.__version__, "command": command},
         "records": records_from_rows(rows),
     }
+
+
+def merge_tables(paths: list[str]) -> dict:
+    """One table from the tables at ``paths``, written by benchmark runs on one device class
+    (one run per dtype, say): every record, the later table's where two have the same
+    configuration, and the runs, commits and commands of all. A ValueError names a table that
+    cannot be read or is of another device class."""
+    merged, records = None, {}
+    for path in paths:
+        try:
+            table = _read(path)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"dispatch table {path}: {error}") from None
+        if merged is None:
+            merged = dict(table, recorded={k: [] for k in ("run_ids", "commits", "commands")})
+        elif table["device"] != merged["device"]:
+            raise ValueError(f"dispatch table {path} is of {table['device']}, not {merged['device']}")
+        recorded = table.get("recorded", {})
+        merged["recorded"]["run_ids"].append(recorded.get("run_id", ""))
+        merged["recorded"]["commits"] += [c for c in recorded.get("commits", [])
+                                          if c not in merged["recorded"]["commits"]]
+        merged["recorded"]["commands"].append(recorded.get("command", ""))
+        merged["recorded"]["torch_version"] = recorded.get("torch_version", "")
+        for record in table["records"]:
+            key = tuple(record[k] for k in ("cell", "dtype", "mode", "batch", "hidden", "layers",
+                                            "directions", "lengths", "seq_len"))
+            records[key] = record
+    if merged is None:
+        raise ValueError("no dispatch table to merge")
+    merged["records"] = list(records.values())
+    return merged
 
 
 #: Bumped whenever a table is written, so that decisions taken before are not reused.

@@ -5,15 +5,8 @@ from __future__ import annotations
 import torch
 
 import fused_rnn
-
-#: fused_rnn class, torch.nn class, extra constructor kwargs
-LAYERS = {
-    "lstm": (fused_rnn.LSTM, torch.nn.LSTM, {}),
-    "gru": (fused_rnn.GRU, torch.nn.GRU, {}),
-    "rnn_tanh": (fused_rnn.RNN, torch.nn.RNN, {"nonlinearity": "tanh"}),
-    "rnn_relu": (fused_rnn.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
-}
-
+from fused_rnn import testing
+from fused_rnn.testing import LAYERS, flatten_states, make_pair, max_abs_error, outputs_and_grads  # noqa: F401
 
 #: fused_rnn cell class, torch.nn cell class, extra constructor kwargs
 CELL_MODULES = {
@@ -49,38 +42,6 @@ def make_cell_pair(cell: str, *args, dtype=torch.float32, backend="auto", **kwar
     return Unrolled(fused), Unrolled(reference)
 
 
-def make_pair(cell: str, *args, dtype=torch.float32, device="cpu", backend="auto", **kwargs):
-    """A torch.nn layer and the fused_rnn layer with the same weights."""
-    fused_cls, torch_cls, extra = LAYERS[cell]
-    kwargs = {**extra, **kwargs}
-    reference = torch_cls(*args, **kwargs).to(device=device, dtype=dtype)
-    fused = fused_cls(*args, backend=backend, **kwargs).to(device=device, dtype=dtype)
-    fused.load_state_dict(reference.state_dict())
-    return fused, reference
-
-
-def flatten_states(states):
-    """h_n, or (h_n, c_n), as a tuple."""
-    return states if isinstance(states, tuple) else (states,)
-
-
-def outputs_and_grads(module, x, hx=None, *, seed_grads=None, **forward_kwargs):
-    """Runs forward and backward of a random linear function of every output; returns the
-    outputs followed by the gradients of the input, of hx and of every parameter."""
-    inputs = [x] + [h for h in flatten_states(hx) if h is not None] if hx is not None else [x]
-    output, states = module(x, hx, **forward_kwargs) if hx is not None else module(x, **forward_kwargs)
-    data = output.data if isinstance(output, torch.nn.utils.rnn.PackedSequence) else output
-    outs = [data, *flatten_states(states)]
-    if seed_grads is None:
-        generator = torch.Generator().manual_seed(1234)
-        seed_grads = [torch.randn(o.shape, generator=generator, dtype=torch.float64) for o in outs]
-    loss = sum((o * g.to(o.dtype).to(o.device)).sum() for o, g in zip(outs, seed_grads))
-    tracked = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-    tracked += [p for p in module.parameters()]
-    grads = torch.autograd.grad(loss, tracked, allow_unused=True)
-    return outs, list(grads), seed_grads
-
-
 def assert_all_close(actual, expected, *, atol, rtol=0.0, names=None):
     assert len(actual) == len(expected)
     for index, (a, e) in enumerate(zip(actual, expected)):
@@ -90,14 +51,16 @@ def assert_all_close(actual, expected, *, atol, rtol=0.0, names=None):
         torch.testing.assert_close(a.double(), e.double(), atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
 
 
-def low_precision_bound(ours, reference_lowp, reference_fp64, *, factor: float = 3.0, floor: float = 1e-3):
-    """The flash-attention rule: our error against an fp64 reference must stay within a small
-    multiple of the error the reference implementation makes in the same low precision."""
+def low_precision_bound(ours, reference_lowp, reference_fp64):
+    """The flash-attention rule (fused_rnn.testing): our error against an fp64 reference must
+    stay within a small multiple of the error the reference implementation makes in the same
+    low precision, plus a floor."""
     for index, (o, lp, hp) in enumerate(zip(ours, reference_lowp, reference_fp64)):
-        ours_err = (o.double() - hp.double()).abs().max().item()
-        ref_err = (lp.double() - hp.double()).abs().max().item()
-        assert ours_err <= factor * ref_err + floor, (
-            f"#{index}: error {ours_err:.3e} exceeds {factor} x the reference's {ref_err:.3e} + {floor}"
+        ours_err, ref_err = max_abs_error(o, hp), max_abs_error(lp, hp)
+        bound = testing.low_precision_bound(ref_err, hp)
+        assert ours_err <= bound, (
+            f"#{index}: error {ours_err:.3e} exceeds the bound {bound:.3e} (the reference's "
+            f"error in low precision is {ref_err:.3e})"
         )
 
 

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..testing import LOW_PRECISION_FACTOR, LOW_PRECISION_FLOOR, low_precision_bound, same_dtype_bound
+from ..testing import max_abs_error as _max_abs, scale as _scale
 from .cases import Case
 from .layers import make_input
 from .precision import strict_fp32
 
 FP32_RTOL = 1e-4
-LOW_PRECISION_FACTOR = 3.0
-LOW_PRECISION_FLOOR = 1e-3
 
 _STATE_NAMES = ("output", "h_n", "c_n")
 _GRAD_SEED = 2
@@ -82,20 +82,9 @@ def _results(layer: nn.Module, x: Tensor, mode: str, param_names: list[str]) -> 
     return named
 
 
-def _max_abs(a: Tensor, b: Tensor) -> float:
-    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-    if a.numel() == 0:
-        return 0.0
-    return (a.to(dtype) - b.to(dtype)).abs().max().item()
-
-
 def _worse(a: float, b: float) -> float:
     """The larger error; NaN wins, so a NaN is never hidden."""
     return a if math.isnan(a) or a >= b else b
-
-
-def _scale(t: Tensor) -> float:
-    return max(1.0, t.abs().max().item()) if t.numel() else 1.0
 
 
 def _describe(error: BaseException) -> str:
@@ -141,7 +130,7 @@ def _judge_fp32(actual: dict[str, Tensor], expected: dict[str, Tensor]) -> GateR
     worst, note = 0.0, ""
     for name, want in expected.items():
         err = _max_abs(actual[name], want)
-        bound = FP32_RTOL * _scale(want)
+        bound = same_dtype_bound(want, FP32_RTOL)
         if name in _STATE_NAMES:
             worst = _worse(worst, err)
         if not err <= bound and not note:  # `not <=` also catches NaN
@@ -156,7 +145,7 @@ def _judge_low_precision(
     for name, ref in high.items():
         err = _max_abs(actual[name], ref)
         torch_err = _max_abs(lowp[name], ref)
-        bound = LOW_PRECISION_FACTOR * torch_err + LOW_PRECISION_FLOOR * _scale(ref)
+        bound = low_precision_bound(torch_err, ref)
         if name in _STATE_NAMES:
             worst, torch_worst = _worse(worst, err), _worse(torch_worst, torch_err)
         if not err <= bound and not note:
