@@ -89,7 +89,9 @@ def _torch_minor(version: str) -> str:
     return ".".join(version.split("+")[0].split(".")[:2])
 
 
-def _cpu_model() -> str:
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's, else what platform knows)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -104,7 +106,7 @@ def _cpu_model() -> str:
 def _cpu_name_and_isa() -> tuple[str, str]:
     from . import _ops
 
-    return _cpu_model(), _ops._C.cpu_isa()
+    return cpu_model(), _ops._C.cpu_isa()
 
 
 @functools.cache

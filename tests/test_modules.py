@@ -160,10 +160,12 @@ def test_lengths_as_list_and_on_every_sequence_full(cell):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_dropout_matches_torch_in_training(cell):
+def test_dropout_matches_torch_in_training(cell, backend):
     """Same seed, same masks: dropout between layers consumes the generator as torch.nn does."""
-    fused, reference = make_pair(cell, 4, 6, num_layers=3, dropout=0.5, bidirectional=True, dtype=F64)
+    fused, reference = make_pair(cell, 4, 6, num_layers=3, dropout=0.5, bidirectional=True, dtype=F64,
+                                 backend=backend)
     fused.train()
     reference.train()
     x = torch.randn(5, 3, 4, dtype=F64)

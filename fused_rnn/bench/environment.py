@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 import subprocess
 
 import torch
+
+from .. import dispatch
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,16 +20,8 @@ def device_name(device: torch.device) -> str:
     return f"{cpu_model()} (CPU)"
 
 
-@functools.cache
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return dispatch.cpu_model()
 
 
 def cudnn_version() -> str:
