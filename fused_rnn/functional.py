@@ -269,6 +269,15 @@ def _stack(
             training=training, lengths=lengths)
         return (output.transpose(0, 1) if batch_first else output), h_n, c_n
     impl = backends.implementation(name)
+    if T == 1 and len(weights) == 1 and lengths is None and impl.step is not None \
+            and w_hr0 is None and not _stack_records_gradients(x, h0, c0, weights):
+        # One inference step of one layer (streaming, RL): the cell's one-op step, where the
+        # layer path makes two ops (projection, recurrence) and most of the call is around them.
+        # (In training the layer path's backward is the faster.)
+        h, c = impl.step(cell, x[0], h0[0], c0[0] if c0 is not None else None, *weights[0][:4])
+        output = h.unsqueeze(0)
+        return ((output.transpose(0, 1) if batch_first else output), h.unsqueeze(0),
+                c.unsqueeze(0) if c is not None else None)
     h_n, c_n = [], []
     for layer in range(num_layers):
         outputs = []

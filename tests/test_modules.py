@@ -64,6 +64,23 @@ def test_layer_matches_torch(cell, options, size, given_hx):
     check_against_torch(fused, reference, x, hx)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("options", [dict(), dict(bias=False, batch_first=True)], ids=str)
+@pytest.mark.parametrize("given_hx", [False, True])
+def test_one_inference_step_matches_torch(cell, options, given_hx):
+    """One step of a one-layer net without gradients takes the cell's one-op step."""
+    fused, reference = make_pair(cell, 5, 4, dtype=F64, backend="cpu", **options)
+    x = torch.randn((3, 1, 5) if options.get("batch_first") else (1, 3, 5), dtype=F64)  # T=1, B=3
+    hx = random_hx(cell, 1, 3, 4) if given_hx else None
+    with torch.no_grad():
+        out, state = fused(x, hx)
+        ref_out, ref_state = reference(x, hx)
+        torch.testing.assert_close(out, ref_out)
+        for a, b in zip(state if cell == "lstm" else (state,),
+                        ref_state if cell == "lstm" else (ref_state,)):
+            torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("options", OPTIONS[:3], ids=str)
 @pytest.mark.parametrize("given_hx", [False, True])
 def test_lstm_projection_matches_torch(options, given_hx):
