@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import io
 import math
 import os
 import runpy
@@ -92,3 +93,20 @@ def test_copy_stream_replays_each_symbol_after_the_delay(example):
             if not replay[t, b]:
                 assert targets[t, b] == 0
     assert (inputs == alphabet + 1).sum() >= 5, "too few delimiters for the checks to mean anything"
+
+
+def test_progress_bar_draws_only_on_a_terminal(example):
+    side_by_side = example("side_by_side")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal, pipe = Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        bar = side_by_side.ProgressBar(40, stream)
+        bar.update(10)
+        bar.clear()
+    assert pipe.getvalue() == ""
+    drawn = terminal.getvalue()
+    assert "[" + "#" * 7 + "." * 23 + "] 10/40 steps" in drawn and drawn.endswith("\r\033[K")
