@@ -1,5 +1,6 @@
-"""The examples run (a handful of small steps each), their twin models start equal, and the data
-streams they train on are what their docstrings say."""
+"""The examples run (a handful of small steps each; the language model long
+enough to show that it learns), their twin models start equal, and the data they train on is
+what their docstrings say."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import math
 import os
 import runpy
 import sys
+import sysconfig
 
 import pytest
 import torch
@@ -32,7 +34,7 @@ def check_twins_trained(results, steps=4):
     assert len(torch_losses) == len(fused_losses) == steps
     assert all(math.isfinite(v) for v in torch_losses + fused_losses)
     assert math.isclose(fused_losses[0], torch_losses[0], rel_tol=1e-5, abs_tol=1e-6)
-    assert all(r["ms_per_step"] > 0 for r in results.values())
+    assert all(results[name]["ms_per_step"] > 0 for name in ("torch.nn", "fused_rnn"))
 
 
 def test_adding_problem_runs(example):
@@ -110,3 +112,49 @@ def test_progress_bar_draws_only_on_a_terminal(example):
     assert pipe.getvalue() == ""
     drawn = terminal.getvalue()
     assert "[" + "#" * 7 + "." * 23 + "] 10/40 steps" in drawn and drawn.endswith("\r\033[K")
+
+
+# The end-to-end examples train long enough here to show that they learn: seeds are fixed
+# and the margins wide, so these checks do not flake.
+ARGPARSE_SOURCE = os.path.join(sysconfig.get_paths()["stdlib"], "argparse.py")  # ~100k characters of text
+SHORT_LM = ["--text", ARGPARSE_SOURCE, "--device", "cpu", "--hidden", "32", "--layers", "1", "--embedding", "16",
+            "--batch", "8", "--bptt", "32", "--lr", "1e-2", "--log-every", "20",
+            "--sample-length", "40"]
+
+
+def test_char_language_model_learns(example, tmp_path):
+    steps = 80
+    results = example("char_language_model").main(SHORT_LM + ["--steps", str(steps), "--checkpoints", str(tmp_path)])
+    check_twins_trained(results, steps)
+    for name in ("torch.nn", "fused_rnn"):
+        perplexities = results[name]["validation_perplexity"]
+        (first_step, first), (last_step, last) = perplexities[0], perplexities[-1]
+        assert (first_step, last_step) == (0, steps)
+        assert math.log(last) < 0.7 * math.log(first), "the validation loss did not fall well below the starting one"
+        assert last < 0.9 * results["unigram_perplexity"], "the model does not beat character frequencies"
+        # the checkpoint loaded into the other kind of model scores the same
+        assert results[name]["cross_loaded_perplexity"] == pytest.approx(last, rel=1e-4)
+    assert sorted(os.listdir(tmp_path)) == ["fused_rnn.pt", "torch.nn.pt"]
+
+
+def test_char_language_model_runs_in_bf16_compiled(example):
+    results = example("char_language_model").main(
+        SHORT_LM + ["--steps", "3", "--dtype", "bf16", "--compile", "aot_eager"])
+    torch_losses, fused_losses = results["torch.nn"]["losses"], results["fused_rnn"]["losses"]
+    assert len(fused_losses) == 3 and all(math.isfinite(v) for v in torch_losses + fused_losses)
+    assert fused_losses[0] == pytest.approx(torch_losses[0], rel=0.02)  # bf16 rounding apart
+
+
+def test_char_language_model_streams_cut_the_text_into_contiguous_chunks(example):
+    lm = example("char_language_model")
+    text = "".join(chr(ord("a") + i % 26) for i in range(103))
+    vocabulary = lm.Vocabulary(text)
+    assert vocabulary.decode(vocabulary.encode(text + "!").tolist()) == text + "\ufffd"  # unknown character
+    streams = lm.as_streams(vocabulary.encode(text), 4)  # [25, 4]; the last 3 characters dropped
+    pieces = list(lm.chunks(streams, 7))  # 7 does not divide 24 (the last target has no next input)
+    inputs, targets = (torch.cat(parts) for parts in zip(*pieces))
+    for b in range(4):
+        stream = text[25 * b : 25 * (b + 1)]
+        assert vocabulary.decode(inputs[:, b].tolist()) == stream[:-1]
+        assert vocabulary.decode(targets[:, b].tolist()) == stream[1:]
+    assert [len(x) for x, _ in pieces] == [7, 7, 7, 3]
