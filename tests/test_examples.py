@@ -1,5 +1,5 @@
-"""The examples run (a handful of small steps each; the language model long
-enough to show that it learns), their twin models start equal, and the data they train on is
+"""The examples run (a handful of small steps each; the language model and the time series long
+enough to show that they learn), their twin models start equal, and the data they train on is
 what their docstrings say."""
 
 from __future__ import annotations
@@ -158,3 +158,61 @@ def test_char_language_model_streams_cut_the_text_into_contiguous_chunks(example
         assert vocabulary.decode(inputs[:, b].tolist()) == stream[:-1]
         assert vocabulary.decode(targets[:, b].tolist()) == stream[1:]
     assert [len(x) for x, _ in pieces] == [7, 7, 7, 3]
+
+
+SHORT_SERIES = ["--device", "cpu", "--train", "1000", "--test", "400", "--hidden", "64", "--batch", "64"]
+
+
+def test_irregular_time_series_learns_and_dt_helps(example, tmp_path):
+    steps = 150
+    results = example("irregular_time_series").main(
+        SHORT_SERIES + ["--steps", str(steps), "--log-every", str(steps), "--checkpoints", str(tmp_path)])
+    final = {}
+    for variant in ("with Δt", "without Δt"):
+        check_twins_trained(results[variant], steps)
+        for name in ("torch.nn", "fused_rnn"):
+            errors = results[variant][name]["test_mse"]
+            assert errors[0][0] == 0 and errors[-1][0] == steps
+            assert errors[-1][1] < 0.7 * errors[0][1], f"{variant}: the test error did not fall well below its start"
+            final[variant, name] = errors[-1][1]
+    for name in ("torch.nn", "fused_rnn"):
+        assert final["with Δt", name] < 0.85 * final["without Δt", name], "Δt did not help"
+        assert results["with Δt"][name]["cross_loaded_test_mse"] == pytest.approx(final["with Δt", name], rel=1e-4)
+    assert sorted(os.listdir(tmp_path)) == ["fused_rnn.pt", "torch.nn.pt"]
+
+
+def test_oscillators_follow_their_documented_process(example):
+    series = example("irregular_time_series")
+    channels, window, horizon = 3, 6.0, 0.7
+    data = series.oscillators(200, channels=channels, window=window, horizon=horizon, observed=0.4,
+                              generator=torch.Generator().manual_seed(0))
+    values, mask, delta_t = data["inputs"].split([channels, channels, 1], dim=-1)
+    lengths, times = data["lengths"], data["times"]
+    inside = torch.arange(times.shape[1]) < lengths.unsqueeze(1)
+    assert lengths.min() >= 1 and lengths.max() == times.shape[1]
+    # Δt is the time since the previous observation (the first: since the window's start)
+    assert torch.allclose(torch.where(inside, delta_t[..., 0].cumsum(1) / series.DT_SCALE, 0.0), times, atol=1e-4)
+    assert (torch.where(inside, delta_t[..., 0], 1.0) > 0).all() and (data["inputs"][~inside] == 0).all()
+    assert times.amax(1).le(series.WINDOW[1] * window).all()
+
+    def reading(t):  # [200, steps] -> [200, steps, channels]
+        f, a, p = data["frequency"].view(-1, 1, 1), data["amplitude"].unsqueeze(1), data["phase"].unsqueeze(1)
+        return a * torch.sin(2 * math.pi * f * t.unsqueeze(-1) + p)
+
+    mask = mask.bool()
+    assert (mask.sum(-1)[inside] >= 1).all() and (values[~mask] == 0).all()
+    observed = mask[inside].float().mean().item()
+    assert 0.4 < observed < 0.55  # 0.4 per channel, plus one forced where none was read
+    noise = (values - reading(times))[mask]
+    assert abs(noise.std().item() - series.NOISE) < 0.01 and noise.abs().max() < 6 * series.NOISE
+    targets = data["targets"]
+    assert torch.allclose(targets[inside], reading(times + horizon)[inside], atol=1e-5)
+    assert (targets[~inside] == 0).all()
+
+    naive = series.last_readings(data, channels)
+    for i in range(20):
+        for c in range(channels):
+            read = mask[i, : lengths[i], c].nonzero()
+            expected = values[i, read[-1, 0], c] if len(read) else 0.0
+            assert naive[i, c] == expected
+
