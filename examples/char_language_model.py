@@ -26,8 +26,9 @@ training models: the fused_rnn one into a single graph, the torch.nn one in piec
 LSTM, which Dynamo refuses to trace and which runs eagerly.
 
 At the default settings a run (both models) took 6.5 minutes on a CPU, a 2-core VM shared with
-other jobs, and 11 minutes while those kept both cores busy; the GPU time is not yet measured.
-It reaches a validation perplexity of about 4.8 (a unigram model: 23.9) with Python 3.11's files.
+other jobs, and 11 to 24 minutes while those kept both cores busy; the GPU time is not yet
+measured. It reaches a validation perplexity of about 4.8 (a unigram model: 23.9) with Python
+3.11's files.
 
     python examples/char_language_model.py
     python examples/char_language_model.py --text book.txt --device cuda --hidden 512 --steps 5000
