@@ -28,10 +28,9 @@ channel's last reading); at the end, each Δt model's checkpoint loaded into a m
 kind, with its test error (the same, to rounding). ``--dtype bf16`` and ``--compile`` as in
 char_language_model.py (under CPU autocast, torch.nn's GRU runs in fp32).
 
-A run at the default settings (all four models) took 9 and 12 minutes on a CPU, a 2-core VM
-shared with other jobs (measured with 2000 test series, twice the default's), and ran several
-times slower while those jobs kept both cores busy; the GPU time is not yet measured. It reaches
-a test mse of about 0.07 with Δt and 0.17 without (predicting 0: 0.54).
+A run at the default settings (all four models) took 6.5 minutes on a CPU, a 2-core VM shared
+with other jobs, and several times longer while those kept both cores busy; the GPU time is not
+yet measured. It reaches a test mse of 0.068 with Δt and 0.17 without (predicting 0: 0.55).
 
     python examples/irregular_time_series.py
     python examples/irregular_time_series.py --device cuda --hidden 128 --steps 4000
