@@ -5,14 +5,17 @@ are in the working tree) into another directory, for a second environment to bui
 
 An editable build puts fused_rnn/_C*.so into the tree it builds, so two environments (two torch
 versions) cannot share one tree: each gets its own, with its own extension and build outputs.
-Files are copied with their modification times and only when they changed, so the second tree's
-incremental build recompiles only what changed; files removed from the source since the last
+A file is copied only when its content differs, and gets the time of the copy, so the second
+tree's incremental build recompiles exactly what changed: keeping the source's modification
+time could leave a changed header older than objects built from its previous content (a build
+of the mirror that ran while the source changed), and nothing would recompile. Files removed from the source since the last
 mirror are removed from DEST too (a manifest of what was mirrored is kept in DEST). Nothing
 else in DEST (its virtual environment, build outputs) is touched.
 """
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import subprocess
@@ -31,10 +34,11 @@ def listed_files(root: str) -> list[str]:
 
 def unchanged(src: str, dst: str) -> bool:
     try:
-        a, b = os.stat(src), os.stat(dst)
+        if os.path.getsize(src) != os.path.getsize(dst):
+            return False
     except FileNotFoundError:
         return False
-    return a.st_size == b.st_size and int(a.st_mtime) == int(b.st_mtime)
+    return filecmp.cmp(src, dst, shallow=False)
 
 
 def mirror(root: str, dest: str) -> tuple[int, int]:
@@ -51,7 +55,8 @@ def mirror(root: str, dest: str) -> tuple[int, int]:
         if unchanged(src, dst):
             continue
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.copy2(src, dst)
+        shutil.copyfile(src, dst)
+        shutil.copymode(src, dst)
         copied += 1
     removed = 0
     for path in previous - set(files):
