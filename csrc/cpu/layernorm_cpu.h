@@ -1,0 +1,207 @@
+// What the CPU kernels of the layer-normalised cells share: zoneout, the row sums of a layer
+// norm over a row split across threads, and the per-thread sums of the γ/β gradients.
+//
+// The split of the work is the plain cells' (cpu/partition.h): each worker owns a group of
+// batch rows and a slice of the hidden units. A layer norm over all units of a row (G*H gate
+// values of the recurrent product, H cell states) needs statistics of the whole row, so a step
+// runs in phases (Partition::for_each_step over T * phases positions, with the group's barrier
+// between positions): each worker writes the partial statistics of its slice of its rows
+// (SliceStatistics), and after the barrier every worker combines the slices' partials of its
+// rows and goes on with its own units. With one slice per group (from 8 rows per thread, as at
+// B = 32 on 2 threads) there is no barrier at all and the combination is the slice's own
+// statistics; below that (B = 1 inference) the threads split the units and pay a barrier per
+// phase instead of running the whole product on one thread.
+#pragma once
+
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "cpu/cpu_common.h"
+
+namespace fused_rnn::cpu {
+
+inline optional<Tensor> contiguous_or_none(const optional<Tensor>& t) {
+  return has(t) ? optional<Tensor>(t->contiguous()) : c10::nullopt;
+}
+
+// A tuple of outputs computed in the compute dtype, each in the op's storage dtype.
+template <typename Tuple>
+Tuple outputs_in_storage(const Tuple& out, at::ScalarType storage) {
+  return std::apply([&](const auto&... t) { return Tuple{to_storage(t, storage)...}; }, out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Zoneout: keep is the weight of the previous state, 0 or 1 from a mask (a select, so that the
+// dropped value cannot turn the result into NaN, as torch.where) or a constant in [0, 1).
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+__attribute__((always_inline)) inline T zoneout(T keep, T previous, T next) {
+  const T blended = keep * previous + (T(1) - keep) * next;
+  return keep == T(0) ? next : (keep == T(1) ? previous : blended);
+}
+
+// The gradients of zoneout(keep, previous, next) from that of its result.
+template <typename T>
+__attribute__((always_inline)) inline T zoneout_previous_grad(T keep, T grad) {
+  return keep == T(0) ? T(0) : (keep == T(1) ? grad : keep * grad);
+}
+
+template <typename T>
+__attribute__((always_inline)) inline T zoneout_next_grad(T keep, T grad) {
+  return keep == T(0) ? grad : (keep == T(1) ? T(0) : (T(1) - keep) * grad);
+}
+
+// One state's zoneout in a call: a bool mask [T, B, H] (training), else the constant p.
+struct Zoneout {
+  const bool* mask;  // or nullptr
+  double p;
+
+  Zoneout(const optional<Tensor>& mask_tensor, double p)
+      : mask(has(mask_tensor) ? mask_tensor->data_ptr<bool>() : nullptr), p(p) {}
+
+  // The mask of units [j0, ...) of row b at step t (nullptr without a mask).
+  const bool* row(int64_t t, int64_t b, int64_t B, int64_t H, int64_t j0) const {
+    return mask == nullptr ? nullptr : mask + (t * B + b) * H + j0;
+  }
+};
+
+// The weight of the previous state of unit j: keep[j] from a mask row, else p.
+template <typename T>
+__attribute__((always_inline)) inline T keep_weight(const bool* keep, int64_t j, T p) {
+  return keep != nullptr ? T(keep[j]) : p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row sums, vectorised: 16 independent partial sums (one AVX-512 vector of floats) combined at
+// the end in a fixed order, so that the compiler may use vectors without reassociating (the
+// kernels are built without -ffast-math) and the result is the same on every run.
+// ---------------------------------------------------------------------------------------------
+
+constexpr int64_t kSumLanes = 16;
+
+template <typename T, typename F>
+__attribute__((always_inline)) inline T lane_sum(int64_t n, const F& term) {
+  T lanes[kSumLanes] = {};
+  int64_t j = 0;
+  for (; j + kSumLanes <= n; j += kSumLanes) {
+    for (int64_t l = 0; l < kSumLanes; ++l) lanes[l] += term(j + l);
+  }
+  for (int64_t l = 0; j < n; ++j, ++l) lanes[l] += term(j);
+  T total = T(0);
+  for (int64_t l = 0; l < kSumLanes; ++l) total += lanes[l];
+  return total;
+}
+
+// Sum of x[0, n), and sum of squared deviations from its mean (the moments of a slice).
+template <typename T>
+struct SliceMoments {
+  T sum, m2;
+};
+
+template <typename T>
+__attribute__((always_inline)) inline SliceMoments<T> slice_moments(int64_t n,
+                                                                    const T* __restrict__ x) {
+  const T sum = lane_sum<T>(n, [&](int64_t j) { return x[j]; });
+  const T mean = n > 0 ? sum / T(n) : T(0);
+  const T m2 = lane_sum<T>(n, [&](int64_t j) { return (x[j] - mean) * (x[j] - mean); });
+  return {sum, m2};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The statistics of rows split across the unit slices of a row group: partial[slice][b] holds
+// two numbers per row, written by the worker of that slice and read, after the group's barrier,
+// by every worker of the group. One buffer per reduction of a step suffices: it is written
+// again only in the next step, after a barrier that every reader has passed.
+// ---------------------------------------------------------------------------------------------
+
+class SliceStatistics {
+ public:
+  // width: values per unit in the normalised vector (G for the recurrent product, 1 for c).
+  SliceStatistics(const Partition& part, int64_t width)
+      : part_(part), width_(width), partial_(part.slices() * part.row_count() * 2) {}
+
+  template <typename T>
+  void put(int64_t k, int64_t b, T first, T second) {
+    double* p = slot(part_.slice(k), b);
+    p[0] = first;
+    p[1] = second;
+  }
+
+  // Mean and 1 / sqrt(var + eps) of row b from the slices' (sum, m2): Chan's combination of
+  // the slices' moments, in double.
+  std::pair<double, double> mean_rstd(int64_t b, double eps) const {
+    const double count = double(width_ * part_.unit_count());
+    double sum = 0;
+    for (int64_t s = 0; s < part_.slices(); ++s) sum += slot(s, b)[0];
+    const double mean = sum / count;
+    double m2 = 0;
+    for (int64_t s = 0; s < part_.slices(); ++s) {
+      const double n = double(width_ * slice_units(s));
+      const double deviation = n > 0 ? slot(s, b)[0] / n - mean : 0.0;
+      m2 += slot(s, b)[1] + n * deviation * deviation;
+    }
+    return {mean, 1.0 / std::sqrt(m2 / count + eps)};
+  }
+
+  // The two row sums over all slices, each divided by the row's length (the means the
+  // backward of a layer norm needs).
+  std::pair<double, double> means(int64_t b) const {
+    double first = 0, second = 0;
+    for (int64_t s = 0; s < part_.slices(); ++s) {
+      first += slot(s, b)[0];
+      second += slot(s, b)[1];
+    }
+    const double count = double(width_ * part_.unit_count());
+    return {first / count, second / count};
+  }
+
+ private:
+  int64_t slice_units(int64_t s) const { return part_.units(s); }  // worker s: group 0, slice s
+  double* slot(int64_t s, int64_t b) { return partial_.data() + (s * part_.row_count() + b) * 2; }
+  const double* slot(int64_t s, int64_t b) const {
+    return partial_.data() + (s * part_.row_count() + b) * 2;
+  }
+
+  const Partition& part_;
+  const int64_t width_;
+  std::vector<double> partial_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Gradients of per-unit parameters (γ, β), summed over all steps and rows: each worker adds its
+// rows' terms for its units into its own double-precision sums during the backward, and the
+// workers' sums are added up after the loop (no contention, the same order on every run).
+// ---------------------------------------------------------------------------------------------
+
+class UnitGradients {
+ public:
+  // One vector of `width` values per unit (G gates, or 1), per worker.
+  UnitGradients(const Partition& part, int64_t width) : part_(part), width_(width) {
+    for (int64_t k = 0; k < part.size(); ++k) sums_.emplace_back(width * part.units(k), 0.0);
+  }
+
+  // Worker k's sums: value q of its unit j at [q * units(k) + j].
+  double* of(int64_t k) { return sums_[k].data(); }
+
+  // [width * H] with value q of unit j at q * H + j, in `options`' dtype.
+  Tensor total(const at::TensorOptions& options) const {
+    const int64_t H = part_.unit_count();
+    std::vector<double> out(width_ * H, 0.0);
+    for (int64_t k = 0; k < part_.size(); ++k) {
+      const int64_t n = part_.units(k), j0 = part_.begin(k);
+      for (int64_t q = 0; q < width_; ++q) {
+        for (int64_t j = 0; j < n; ++j) out[q * H + j0 + j] += sums_[k][q * n + j];
+      }
+    }
+    return at::tensor(out, at::TensorOptions().dtype(at::kDouble)).to(options);
+  }
+
+ private:
+  const Partition& part_;
+  const int64_t width_;
+  std::vector<std::vector<double>> sums_;
+};
+
+}  // namespace fused_rnn::cpu
