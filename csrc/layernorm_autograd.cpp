@@ -3,9 +3,10 @@
 // backward op, and a call that records no graph goes straight to the op. The Triton ops
 // register the same in Python (fused_rnn/_layernorm_ops.py).
 //
-// These cells have no differentiable backward: a backward that would record a graph
-// (create_graph=True, on the way to a second derivative) or that gets gradients of the
-// workspace is refused with an error that says so.
+// The workspace outputs are marked non-differentiable (they only carry the forward's
+// intermediates to the backward op). These cells have no differentiable backward: a backward
+// that would record a graph (create_graph=True, on the way to a second derivative) is refused
+// with an error that says so.
 #include <ATen/core/stack.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -32,13 +33,7 @@ optional<Tensor> grad_or_none(const Tensor& grad) {
 
 Tensor saved_or_undefined(const optional<Tensor>& t) { return has(t) ? *t : Tensor(); }
 
-// grads: the gradients of the outputs; those from `first_workspace` on are the workspace's.
-void check_first_derivative(const variable_list& grads, size_t first_workspace) {
-  TORCH_CHECK(!at::GradMode::is_enabled(), kNoSecondDerivative);
-  for (size_t i = first_workspace; i < grads.size(); ++i) {
-    TORCH_CHECK(!grads[i].defined(), kNoSecondDerivative);
-  }
-}
+void check_first_derivative() { TORCH_CHECK(!at::GradMode::is_enabled(), kNoSecondDerivative); }
 
 // ---------------------------------------------------------------------------------------------
 // fused_rnn::layernorm_lstm_forward
@@ -81,15 +76,16 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     ctx->saved_data["zoneout_c"] = zoneout_c;
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["saved_workspace"] = save;
+    ctx->mark_non_differentiable({gates, p_hat, c_hat, cs, rstd});
     ctx->set_materialize_grads(false);
     return {y, h_n, c_n, gates, p_hat, c_hat, cs, rstd};
   }
 
-  // grads: of y, h_n, c_n, then of the workspace (only on the way to a second derivative)
+  // grads: of y, h_n, c_n (the workspace is not differentiable)
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<LstmBackwardOp>("fused_rnn::layernorm_lstm_backward");
     TORCH_CHECK(ctx->saved_data["saved_workspace"].toBool(), kNoWorkspace);
-    check_first_derivative(grads, 3);
+    check_first_derivative();
     const auto s = ctx->get_saved_variables();
     auto [grad_gx, grad_w_hh, grad_gamma_hh, grad_gamma_c, grad_beta_c, grad_h0, grad_c0] =
         op.call(grad_or_none(grads[0]), grad_or_none(grads[1]), grad_or_none(grads[2]), s[0],
@@ -154,15 +150,16 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
     ctx->saved_data["zoneout_h"] = zoneout_h;
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["saved_workspace"] = save;
+    ctx->mark_non_differentiable({gates, p_hat, rstd});
     ctx->set_materialize_grads(false);
     return {y, h_n, gates, p_hat, rstd};
   }
 
-  // grads: of y, h_n, then of the workspace (only on the way to a second derivative)
+  // grads: of y, h_n (the workspace is not differentiable)
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<GruBackwardOp>("fused_rnn::layernorm_gru_backward");
     TORCH_CHECK(ctx->saved_data["saved_workspace"].toBool(), kNoWorkspace);
-    check_first_derivative(grads, 2);
+    check_first_derivative();
     const auto s = ctx->get_saved_variables();
     const bool has_bias = s[2].defined();
     auto [grad_gx, grad_w_hh, grad_gamma_hh, grad_b_hh, grad_h0] =

@@ -73,10 +73,10 @@ def _refuse_derivative(ctx, *grads):
     raise RuntimeError(NO_SECOND_DERIVATIVE)
 
 
-def _check_first_derivative(ctx, workspace_grads) -> None:
+def _check_first_derivative(ctx) -> None:
     if not ctx.saved_workspace:
         raise RuntimeError(_NO_WORKSPACE)
-    if torch.is_grad_enabled() or any(g is not None for g in workspace_grads):
+    if torch.is_grad_enabled():
         raise RuntimeError(NO_SECOND_DERIVATIVE)
 
 
@@ -89,10 +89,11 @@ def _lstm_autograd(backward_op):
                               p_hat, c_hat, cs, rstd, lengths)
         ctx.zoneout = (zoneout_h, zoneout_c)
         ctx.reverse, ctx.saved_workspace = reverse, save
+        ctx.mark_non_differentiable(gates, p_hat, c_hat, cs, rstd)
         ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_y, grad_h_n, grad_c_n, *workspace_grads):
-        _check_first_derivative(ctx, workspace_grads)
+        _check_first_derivative(ctx)
         (w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c, y, gates, p_hat, c_hat, cs,
          rstd, lengths) = ctx.saved_tensors
         grads = backward_op(grad_y, grad_h_n, grad_c_n, w_hh, gamma_hh, gamma_c, beta_c, h0, c0,
@@ -110,10 +111,11 @@ def _gru_autograd(backward_op):
         ctx.save_for_backward(w_hh, gamma_hh, b_hh, h0, mask_h, y, gates, p_hat, rstd, lengths)
         ctx.zoneout_h, ctx.reverse, ctx.saved_workspace = zoneout_h, reverse, save
         ctx.has_bias = b_hh is not None
+        ctx.mark_non_differentiable(gates, p_hat, rstd)
         ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_y, grad_h_n, *workspace_grads):
-        _check_first_derivative(ctx, workspace_grads)
+        _check_first_derivative(ctx)
         w_hh, gamma_hh, b_hh, h0, mask_h, y, gates, p_hat, rstd, lengths = ctx.saved_tensors
         grad_gx, grad_w_hh, grad_gamma_hh, grad_b_hh, grad_h0 = backward_op(
             grad_y, grad_h_n, w_hh, gamma_hh, b_hh, h0, mask_h, ctx.zoneout_h, y, gates, p_hat,

@@ -439,8 +439,9 @@ BackwardOutputs backward_impl(const optional<Tensor>& grad_y, const optional<Ten
   Tensor grad_h0 = state.release();
   Tensor grad_w_hh = cpu_recurrent_weight_grad(dp, y, h0, lengths, reverse);
   const Tensor cell_grads = cell_grad.total(opts);
-  return {grad_gx, grad_w_hh, gamma_hh_grad.total(opts), cell_grads.narrow(0, 0, H),
-          cell_grads.narrow(0, H, H), grad_h0, dc};
+  // separate tensors: outputs of an op must not alias each other
+  return {grad_gx, grad_w_hh, gamma_hh_grad.total(opts), cell_grads.narrow(0, 0, H).clone(),
+          cell_grads.narrow(0, H, H).clone(), grad_h0, dc};
 }
 
 // ---------------------------------------------------------------------------------------------
