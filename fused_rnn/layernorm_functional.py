@@ -146,6 +146,13 @@ def _unavailable_reason(name: str, device: torch.device) -> str | None:
     return None  # reference runs anywhere
 
 
+def available(backend: str, device: torch.device | str) -> bool:
+    """Whether ``backend`` runs the layer-normalised cells on ``device``."""
+    device = torch.device(device)
+    name = auto_backend_name(device) if backend == "auto" else check_backend(backend)
+    return _unavailable_reason(name, device) is None
+
+
 def auto_backend_name(device: torch.device) -> str:
     """What ``"auto"`` runs: the C++ kernels on the CPU; elsewhere the reference loop, until a GPU
     run has confirmed the Triton kernels (a kernel that has not passed on real hardware is never

@@ -14,6 +14,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fused_rnn
 from fused_rnn import reference
+from fused_rnn.bench.layernorm_loop import PerStepLayerNormGRU, PerStepLayerNormLSTM
 
 ops = torch.ops.fused_rnn
 F64 = torch.float64
@@ -234,79 +235,17 @@ def test_opcheck(sample):
 # ---------------------------------------------------------------------------------------------
 
 
-def per_step_layer(cell, x, p, h, c, lengths, reverse, zoneout, zoneout_cell, training, eps):
-    """One layer and direction, step by step: x [T, B, I], p the direction's parameters by base
-    name. The zoneout masks are drawn as the modules draw them: h's [T, B, H], then c's."""
-    T, B = x.shape[:2]
-    H = h.shape[1]
-    G = GATES[cell]
-    mask_h = torch.rand(T, B, H) < zoneout if training and zoneout > 0 else None
-    mask_c = None
-    if cell == "lstm" and training and zoneout_cell > 0:
-        mask_c = torch.rand(T, B, H) < zoneout_cell
-
-    def zone(mask, prob, t, previous, new):
-        if mask is not None:
-            return torch.where(mask[t], previous, new)
-        return prob * previous + (1 - prob) * new
-
-    outputs = [None] * T
-    for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        running = (t < lengths).unsqueeze(1) if lengths is not None else torch.ones(B, 1, dtype=torch.bool)
-        if cell == "lstm":
-            a = F.layer_norm(x[t] @ p["weight_ih"].t(), (G * H,), p["gamma_ih"], p["bias_ih"], eps)
-            a = a + F.layer_norm(h @ p["weight_hh"].t(), (G * H,), p["gamma_hh"], None, eps)
-            i, f, g, o = a.chunk(4, 1)
-            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h_new = torch.sigmoid(o) * torch.tanh(F.layer_norm(c_new, (H,), p["gamma_c"],
-                                                                p["beta_c"], eps))
-            c_new = zone(mask_c, zoneout_cell, t, c, c_new)
-            c = torch.where(running, c_new, c)
-        else:
-            gx = F.layer_norm(x[t] @ p["weight_ih"].t(), (G * H,), p["gamma_ih"], p["bias_ih"], eps)
-            gh = F.layer_norm(h @ p["weight_hh"].t(), (G * H,), p["gamma_hh"], p["bias_hh"], eps)
-            xr, xz, xn = gx.chunk(3, 1)
-            hr, hz, hn = gh.chunk(3, 1)
-            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-            n = torch.tanh(xn + r * hn)
-            h_new = (1 - z) * n + z * h
-        h_new = zone(mask_h, zoneout, t, h, h_new)
-        outputs[t] = torch.where(running, h_new, torch.zeros_like(h_new))
-        h = torch.where(running, h_new, h)
-    return torch.stack(outputs), h, c
-
-
-def per_step_stack(module, x, hx, lengths):
-    """The module's computation, written independently: x [T, B, I] time-major."""
-    cell = module.mode.lower()
-    directions = 2 if module.bidirectional else 1
-    H = module.hidden_size
-    states = module.num_layers * directions
-    if cell == "lstm":
-        h0, c0 = hx if hx is not None else (x.new_zeros(states, x.shape[1], H),) * 2
-    else:
-        h0 = hx if hx is not None else x.new_zeros(states, x.shape[1], H)
-        c0 = h0  # unused
-    h_n, c_n = [], []
-    for layer in range(module.num_layers):
-        outputs = []
-        for direction in range(directions):
-            suffix = f"_l{layer}" + ("_reverse" if direction else "")
-            p = {base: getattr(module, base + suffix) for base in
-                 ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "gamma_ih", "gamma_hh",
-                  "gamma_c", "beta_c") if hasattr(module, base + suffix)}
-            index = layer * directions + direction
-            y, h, c = per_step_layer(cell, x, p, h0[index], c0[index], lengths, direction == 1,
-                                     module.zoneout, module.zoneout_cell, module.training,
-                                     module.eps)
-            outputs.append(y)
-            h_n.append(h)
-            c_n.append(c)
-        x = torch.cat(outputs, 2)
-        if module.training and module.dropout > 0 and layer < module.num_layers - 1:
-            x = F.dropout(x, module.dropout)
-    state = (torch.stack(h_n), torch.stack(c_n)) if cell == "lstm" else torch.stack(h_n)
-    return x, state
+def per_step_twin(module):
+    """The per-step F.layer_norm loop (fused_rnn/bench/layernorm_loop.py) with the module's
+    configuration and parameters."""
+    cls = PerStepLayerNormLSTM if module.mode == "LSTM" else PerStepLayerNormGRU
+    kwargs = dict(zoneout_cell=module.zoneout_cell) if module.mode == "LSTM" else {}
+    twin = cls(module.input_size, module.hidden_size, module.num_layers, module.bias,
+               module.batch_first, module.dropout, module.bidirectional, zoneout=module.zoneout,
+               eps=module.eps, **kwargs)
+    first = next(module.parameters())
+    twin.to(device=first.device, dtype=first.dtype).load_state_dict(module.state_dict())
+    return twin.train(module.training)
 
 
 def flat(output, state):
@@ -354,14 +293,14 @@ def test_layer_matches_per_step_layer_norm(case, lengths_kind, with_hx):
         h0 = torch.randn(shape, dtype=F64, requires_grad=True)
         hx = (h0, torch.randn(shape, dtype=F64, requires_grad=True)) if cell == "lstm" else h0
     leaves = [x] + ([] if hx is None else list(hx) if cell == "lstm" else [hx])
-    leaves += list(module.parameters())
     results = []
-    for run in (lambda: module(x, hx, lengths=lengths), lambda: per_step_stack(module, x, hx, lengths)):
+    for layer in (module, per_step_twin(module)):
         torch.manual_seed(7)  # the same zoneout masks and dropout
-        outputs = flat(*run())
+        outputs = flat(*layer(x, hx, lengths=lengths))
         seeds = torch.Generator().manual_seed(8)
         loss = sum((o * torch.randn(o.shape, generator=seeds, dtype=F64)).sum() for o in outputs)
-        results.append(outputs + list(torch.autograd.grad(loss, leaves)))
+        wrt = leaves + list(layer.parameters())
+        results.append(outputs + list(torch.autograd.grad(loss, wrt)))
     names = ["output", "h_n", "c_n"][: 3 if cell == "lstm" else 2] + ["x"] + (
         [] if hx is None else ["h0", "c0"][: 2 if cell == "lstm" else 1]) + [
         n for n, _ in module.named_parameters()]
@@ -379,10 +318,8 @@ def test_layer_fp32_batch_first_threads(cell):
     x = torch.randn(2, 4, 11)
     with torch.no_grad():
         ours = flat(*module(x))
-        twin = copy.deepcopy(module).double()
-        theirs = flat(*per_step_stack(twin, x.double().transpose(0, 1), None, None))
-    theirs[0] = theirs[0].transpose(0, 1)
-    for a, b in zip(ours, theirs):
+        theirs = flat(*per_step_twin(copy.deepcopy(module).double())(x.double()))
+    for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-4)
 
 
@@ -422,7 +359,7 @@ def test_zoneout_eval_is_expectation(cell):
     x = torch.randn(6, 2, 3, dtype=F64)
     with torch.no_grad():
         ours = flat(*module(x))
-        theirs = flat(*per_step_stack(module, x, None, None))  # eval: p * prev + (1 - p) * new
+        theirs = flat(*per_step_twin(module)(x))  # eval: p * prev + (1 - p) * new
         plain = copy.deepcopy(module)
         plain.zoneout = plain.zoneout_cell = 0.0
         without = flat(*plain(x))
