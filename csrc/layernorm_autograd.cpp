@@ -19,19 +19,9 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr const char* kNoWorkspace =
-    "fused_rnn: backward through a recurrence whose forward ran with save_for_backward=False "
-    "(call the layer with grad mode on and an input or parameter that requires grad)";
-
 constexpr const char* kNoSecondDerivative =
     "fused_rnn: the layer-normalised cells (LayerNormLSTM, LayerNormGRU) have no second "
     "derivative: a backward with create_graph=True through them is not supported";
-
-optional<Tensor> grad_or_none(const Tensor& grad) {
-  return grad.defined() ? optional<Tensor>(grad) : c10::nullopt;
-}
-
-Tensor saved_or_undefined(const optional<Tensor>& t) { return has(t) ? *t : Tensor(); }
 
 void check_first_derivative() { TORCH_CHECK(!at::GradMode::is_enabled(), kNoSecondDerivative); }
 
@@ -39,22 +29,22 @@ void check_first_derivative() { TORCH_CHECK(!at::GradMode::is_enabled(), kNoSeco
 // fused_rnn::layernorm_lstm_forward
 // ---------------------------------------------------------------------------------------------
 
-using LstmOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
-using LstmForwardOp = LstmOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                  const Tensor&, const Tensor&, const Tensor&,
-                                  const optional<Tensor>&, const optional<Tensor>&, double,
-                                  double, const optional<Tensor>&, bool, double, bool);
-using LstmBackwardOp = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+using LnLstmOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using LnLstmForwardOp = LnLstmOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                      const Tensor&, const Tensor&, const Tensor&,
+                                      const optional<Tensor>&, const optional<Tensor>&, double,
+                                      double, const optional<Tensor>&, bool, double, bool);
+using LnLstmBackwardOp = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&, const Tensor&,
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
     const optional<Tensor>&, const optional<Tensor>&, double, double, const Tensor&,
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
     const optional<Tensor>&, bool);
 
-class LstmFunction : public torch::autograd::Function<LstmFunction> {
+class LnLstmFunction : public torch::autograd::Function<LnLstmFunction> {
  public:
-  static const c10::TypedOperatorHandle<LstmForwardOp>& op() {
-    static const auto op = find_op<LstmForwardOp>("fused_rnn::layernorm_lstm_forward");
+  static const c10::TypedOperatorHandle<LnLstmForwardOp>& op() {
+    static const auto op = find_op<LnLstmForwardOp>("fused_rnn::layernorm_lstm_forward");
     return op;
   }
 
@@ -83,7 +73,7 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
 
   // grads: of y, h_n, c_n (the workspace is not differentiable)
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = find_op<LstmBackwardOp>("fused_rnn::layernorm_lstm_backward");
+    static const auto op = find_op<LnLstmBackwardOp>("fused_rnn::layernorm_lstm_backward");
     TORCH_CHECK(ctx->saved_data["saved_workspace"].toBool(), kNoWorkspace);
     check_first_derivative();
     const auto s = ctx->get_saved_variables();
@@ -98,21 +88,21 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
   }
 };
 
-LstmOutputs lstm_forward_autograd(const Tensor& gx, const Tensor& w_hh, const Tensor& gamma_hh,
-                                  const Tensor& gamma_c, const Tensor& beta_c, const Tensor& h0,
-                                  const Tensor& c0, const optional<Tensor>& zoneout_h_mask,
-                                  const optional<Tensor>& zoneout_c_mask, double zoneout_h,
-                                  double zoneout_c, const optional<Tensor>& lengths,
-                                  bool reverse, double eps, bool save) {
+LnLstmOutputs lstm_forward_autograd(const Tensor& gx, const Tensor& w_hh, const Tensor& gamma_hh,
+                                    const Tensor& gamma_c, const Tensor& beta_c, const Tensor& h0,
+                                    const Tensor& c0, const optional<Tensor>& zoneout_h_mask,
+                                    const optional<Tensor>& zoneout_c_mask, double zoneout_h,
+                                    double zoneout_c, const optional<Tensor>& lengths,
+                                    bool reverse, double eps, bool save) {
   if (!records_graph({gx, w_hh, gamma_hh, gamma_c, beta_c, h0, c0})) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return LstmFunction::op().call(gx, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, zoneout_h_mask,
+    return LnLstmFunction::op().call(gx, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, zoneout_h_mask,
+                                     zoneout_c_mask, zoneout_h, zoneout_c, lengths, reverse, eps,
+                                     save);
+  }
+  auto out = LnLstmFunction::apply(gx, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, zoneout_h_mask,
                                    zoneout_c_mask, zoneout_h, zoneout_c, lengths, reverse, eps,
                                    save);
-  }
-  auto out = LstmFunction::apply(gx, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, zoneout_h_mask,
-                                 zoneout_c_mask, zoneout_h, zoneout_c, lengths, reverse, eps,
-                                 save);
   return {out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7]};
 }
 
@@ -120,19 +110,21 @@ LstmOutputs lstm_forward_autograd(const Tensor& gx, const Tensor& w_hh, const Te
 // fused_rnn::layernorm_gru_forward
 // ---------------------------------------------------------------------------------------------
 
-using GruOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
-using GruForwardOp = GruOutputs(const Tensor&, const Tensor&, const Tensor&,
-                                const optional<Tensor>&, const Tensor&, const optional<Tensor>&,
-                                double, const optional<Tensor>&, bool, double, bool);
-using GruBackwardOp = GruOutputs(const optional<Tensor>&, const optional<Tensor>&, const Tensor&,
-                                 const Tensor&, const optional<Tensor>&, const Tensor&,
-                                 const optional<Tensor>&, double, const Tensor&, const Tensor&,
-                                 const Tensor&, const Tensor&, const optional<Tensor>&, bool);
+using LnGruOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+using LnGruForwardOp = LnGruOutputs(const Tensor&, const Tensor&, const Tensor&,
+                                    const optional<Tensor>&, const Tensor&,
+                                    const optional<Tensor>&, double, const optional<Tensor>&,
+                                    bool, double, bool);
+using LnGruBackwardOp = LnGruOutputs(const optional<Tensor>&, const optional<Tensor>&,
+                                     const Tensor&, const Tensor&, const optional<Tensor>&,
+                                     const Tensor&, const optional<Tensor>&, double,
+                                     const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                     const optional<Tensor>&, bool);
 
-class GruFunction : public torch::autograd::Function<GruFunction> {
+class LnGruFunction : public torch::autograd::Function<LnGruFunction> {
  public:
-  static const c10::TypedOperatorHandle<GruForwardOp>& op() {
-    static const auto op = find_op<GruForwardOp>("fused_rnn::layernorm_gru_forward");
+  static const c10::TypedOperatorHandle<LnGruForwardOp>& op() {
+    static const auto op = find_op<LnGruForwardOp>("fused_rnn::layernorm_gru_forward");
     return op;
   }
 
@@ -157,7 +149,7 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
 
   // grads: of y, h_n (the workspace is not differentiable)
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = find_op<GruBackwardOp>("fused_rnn::layernorm_gru_backward");
+    static const auto op = find_op<LnGruBackwardOp>("fused_rnn::layernorm_gru_backward");
     TORCH_CHECK(ctx->saved_data["saved_workspace"].toBool(), kNoWorkspace);
     check_first_derivative();
     const auto s = ctx->get_saved_variables();
@@ -171,18 +163,18 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
   }
 };
 
-GruOutputs gru_forward_autograd(const Tensor& gx, const Tensor& w_hh, const Tensor& gamma_hh,
-                                const optional<Tensor>& b_hh, const Tensor& h0,
-                                const optional<Tensor>& zoneout_h_mask, double zoneout_h,
-                                const optional<Tensor>& lengths, bool reverse, double eps,
-                                bool save) {
+LnGruOutputs gru_forward_autograd(const Tensor& gx, const Tensor& w_hh, const Tensor& gamma_hh,
+                                  const optional<Tensor>& b_hh, const Tensor& h0,
+                                  const optional<Tensor>& zoneout_h_mask, double zoneout_h,
+                                  const optional<Tensor>& lengths, bool reverse, double eps,
+                                  bool save) {
   if (!records_graph({gx, w_hh, gamma_hh, h0}, {b_hh})) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return GruFunction::op().call(gx, w_hh, gamma_hh, b_hh, h0, zoneout_h_mask, zoneout_h,
-                                  lengths, reverse, eps, save);
+    return LnGruFunction::op().call(gx, w_hh, gamma_hh, b_hh, h0, zoneout_h_mask, zoneout_h,
+                                    lengths, reverse, eps, save);
   }
-  auto out = GruFunction::apply(gx, w_hh, gamma_hh, b_hh, h0, zoneout_h_mask, zoneout_h, lengths,
-                                reverse, eps, save);
+  auto out = LnGruFunction::apply(gx, w_hh, gamma_hh, b_hh, h0, zoneout_h_mask, zoneout_h, lengths,
+                                  reverse, eps, save);
   return {out[0], out[1], out[2], out[3], out[4]};
 }
 

@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cpu/cpu_common.h"
@@ -107,6 +108,38 @@ __attribute__((always_inline)) inline SliceMoments<T> slice_moments(int64_t n,
   const T mean = n > 0 ? sum / T(n) : T(0);
   const T m2 = lane_sum<T>(n, [&](int64_t j) { return (x[j] - mean) * (x[j] - mean); });
   return {sum, m2};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backward of the recurrent LN p̂ = (p - mean p) * rstd over a row's G*H gate values, on a
+// slice of n units: dp_hat [G*n] (gate q of unit j at q*n + j), p_hat and dp rows of [B, G*H]
+// (at q*H + j, from the slice's first unit).
+// ---------------------------------------------------------------------------------------------
+
+// The slice's part of the row sums of dp̂ and of dp̂ p̂ (SliceStatistics::put them).
+template <int64_t G, typename T>
+__attribute__((always_inline)) inline std::pair<T, T> gate_gradient_sums(
+    int64_t n, int64_t H, const T* __restrict__ dp_hat, const T* __restrict__ p_hat) {
+  T sum = 0, dot = 0;
+  for (int64_t q = 0; q < G; ++q) {
+    const T* d = dp_hat + q * n;
+    const T* x = p_hat + q * H;
+    sum += lane_sum<T>(n, [&](int64_t j) { return d[j]; });
+    dot += lane_sum<T>(n, [&](int64_t j) { return d[j] * x[j]; });
+  }
+  return {sum, dot};
+}
+
+// dp = rstd (dp̂ - mean(dp̂) - p̂ mean(dp̂ p̂)), from the row means of all slices' sums.
+template <int64_t G, typename T>
+__attribute__((always_inline)) inline void recurrent_layernorm_backward_row(
+    int64_t n, int64_t H, const T* __restrict__ dp_hat, const T* __restrict__ p_hat, T rstd,
+    T mean, T mean_dot, T* __restrict__ dp) {
+  for (int64_t q = 0; q < G; ++q) {
+    for (int64_t j = 0; j < n; ++j) {
+      dp[q * H + j] = rstd * (dp_hat[q * n + j] - mean - p_hat[q * H + j] * mean_dot);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -210,24 +210,12 @@ __attribute__((always_inline)) inline void backward_phase_impl(const BackwardSli
       if (dy && !bias) run(yes(), no());
       if (!dy && bias) run(no(), yes());
       if (!dy && !bias) run(no(), no());
-      T sum = 0, dot = 0;
-      for (int64_t q = 0; q < 3; ++q) {
-        const T* d = dp_hat + q * n;
-        const T* x = p_hat + q * H;
-        sum += lane_sum<T>(n, [&](int64_t j) { return d[j]; });
-        dot += lane_sum<T>(n, [&](int64_t j) { return d[j] * x[j]; });
-      }
+      const auto [sum, dot] = gate_gradient_sums<3>(n, H, dp_hat, p_hat);
       s.dp_stats->put(s.k, b, sum, dot);
     } else {
       const auto [mean, mean_dot] = s.dp_stats->means(b);
-      const T rstd = s.rstd[t * B + b];
-      T* dp = s.dp_t + b * 3 * H + j0;
-      for (int64_t q = 0; q < 3; ++q) {
-        for (int64_t j = 0; j < n; ++j) {
-          dp[q * H + j] =
-              rstd * (dp_hat[q * n + j] - T(mean) - p_hat[q * H + j] * T(mean_dot));
-        }
-      }
+      recurrent_layernorm_backward_row<3>(n, H, dp_hat, p_hat, s.rstd[t * B + b], T(mean),
+                                          T(mean_dot), s.dp_t + b * 3 * H + j0);
     }
   }
 }

@@ -301,24 +301,12 @@ __attribute__((always_inline)) inline void backward_phase_impl(const BackwardSli
                         s.rstd[(t * B + b) * 2 + 1], T(mean), T(mean_dot),
                         s.zoneout_c.row(t, b, B, H, j0), T(s.zoneout_c.p), s.gamma_hh + j0,
                         dc_hat, s.dc + row, dgx, dp_hat, s.gamma_hh_grad);
-      T sum = 0, dot = 0;
-      for (int64_t q = 0; q < 4; ++q) {
-        const T* d = dp_hat + q * n;
-        const T* x = p_hat + q * H;
-        sum += lane_sum<T>(n, [&](int64_t j) { return d[j]; });
-        dot += lane_sum<T>(n, [&](int64_t j) { return d[j] * x[j]; });
-      }
+      const auto [sum, dot] = gate_gradient_sums<4>(n, H, dp_hat, p_hat);
       s.dp_stats->put(s.k, b, sum, dot);
     } else {
       const auto [mean, mean_dot] = s.dp_stats->means(b);
-      const T rstd = s.rstd[(t * B + b) * 2];
-      T* dp = s.dp_t + b * 4 * H + j0;
-      for (int64_t q = 0; q < 4; ++q) {
-        for (int64_t j = 0; j < n; ++j) {
-          dp[q * H + j] =
-              rstd * (dp_hat[q * n + j] - T(mean) - p_hat[q * H + j] * T(mean_dot));
-        }
-      }
+      recurrent_layernorm_backward_row<4>(n, H, dp_hat, p_hat, s.rstd[(t * B + b) * 2], T(mean),
+                                          T(mean_dot), s.dp_t + b * 4 * H + j0);
     }
   }
 }
@@ -363,7 +351,9 @@ ForwardOutputs forward_impl(const Tensor& gx, const Tensor& w_hh, const Tensor& 
   ForwardGemms gemms(part, w_hh, 4, T_steps);
   SliceStatistics p_stats(part, 4), c_stats(part, 1);
   std::vector<Tensor> cell;  // per worker: c' and o of its units
-  for (int64_t k = 0; k < part.size(); ++k) cell.push_back(at::empty({part.rows(k), 2 * part.units(k)}, opts));
+  for (int64_t k = 0; k < part.size(); ++k) {
+    cell.push_back(at::empty({part.rows(k), 2 * part.units(k)}, opts));
+  }
 
   part.for_each_step(T_steps * kPhases, [&](int64_t k, int64_t position) {
     const int64_t s = position / kPhases, phase = position % kPhases;
