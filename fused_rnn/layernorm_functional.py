@@ -14,8 +14,6 @@ Weights per layer and direction (``layer * num_directions + direction``) as
 
 from __future__ import annotations
 
-import functools
-import importlib
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Sequence
 
@@ -24,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _layernorm_ops  # noqa: F401  (fake kernels of the ops)
-from . import reference
-from .functional import _autocast_dtype, _check_hidden, _check_input, check_lengths
+from . import backends, reference
+from .functional import _autocast_dtype, _check_hidden, _check_input, check_lengths, layer_stack
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 _GATES = {"lstm": 4, "gru": 3}
@@ -113,18 +111,10 @@ _BUILT: dict[str, _Backend] = {
 }
 
 
-@functools.cache
-def _triton_module():
-    try:
-        return importlib.import_module("fused_rnn.triton_kernels")
-    except ImportError:
-        return None
-
-
 # torch.compile cannot trace the import; the answer cannot change within a process.
 @torch.compiler.assume_constant_result
 def _triton_unavailable_reason(device: torch.device) -> str | None:
-    module = _triton_module()
+    module = backends._triton_module()
     if module is None:
         return "Triton or fused_rnn.triton_kernels could not be imported"
     if not module.is_available(device):
@@ -318,24 +308,14 @@ def stack(
         weights = [type(w)(*(t.to(dtype) if t is not None else None for t in w)) for w in weights]
 
     impl = resolve(backend, x.device)
-    h_n, c_n = [], []
-    for layer in range(num_layers):
-        outputs = []
-        for direction in range(num_directions):
-            index = layer * num_directions + direction
-            y, h, c = _run_layer(
-                impl, cell, x, weights[index], h0[index],
-                c0[index] if c0 is not None else None, lengths, direction == 1,
-                zoneout=zoneout, zoneout_cell=zoneout_cell, training=training, eps=eps,
-            )
-            outputs.append(y)
-            h_n.append(h)
-            c_n.append(c)
-        x = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=2)
-        if dropout > 0 and training and layer < num_layers - 1:
-            x = F.dropout(x, dropout, training=True)
-    output = x.transpose(0, 1) if batch_first else x
-    return output, torch.stack(h_n), torch.stack(c_n) if cell == "lstm" else None
+
+    def run_layer(x, index, h0, c0, reverse):
+        return _run_layer(impl, cell, x, weights[index], h0, c0, lengths, reverse,
+                          zoneout=zoneout, zoneout_cell=zoneout_cell, training=training, eps=eps)
+
+    return layer_stack(run_layer, x, h0, c0, num_layers=num_layers,
+                       num_directions=num_directions, dropout=dropout, training=training,
+                       batch_first=batch_first)
 
 
 def layernorm_lstm(
