@@ -13,6 +13,7 @@
 // phase instead of running the whole product on one thread.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <tuple>
 #include <utility>
@@ -128,6 +129,17 @@ __attribute__((always_inline)) inline std::pair<T, T> gate_gradient_sums(
     dot += lane_sum<T>(n, [&](int64_t j) { return d[j] * x[j]; });
   }
   return {sum, dot};
+}
+
+// A padded step of row b: no gradient of its gate values (dgx) nor of its recurrent product
+// (dp), rows of [B, G*H], on the slice's n units from j0.
+template <int64_t G, typename T>
+inline void zero_padded_step_gradients(int64_t b, int64_t H, int64_t j0, int64_t n, T* dgx_t,
+                                       T* dp_t) {
+  for (int64_t q = 0; q < G; ++q) {
+    std::fill_n(dgx_t + b * G * H + q * H + j0, n, T(0));
+    std::fill_n(dp_t + b * G * H + q * H + j0, n, T(0));
+  }
 }
 
 // dp = rstd (dp̂ - mean(dp̂) - p̂ mean(dp̂ p̂)), from the row means of all slices' sums.

@@ -181,12 +181,7 @@ __attribute__((always_inline)) inline void backward_phase_impl(const BackwardSli
     const int64_t gate_row = (t * B + b) * 3 * H + j0;  // unit j0 of row b in [T, B, 3H]
     if (!step_is_valid(t, length)) {
       // padded step: no gradient; dh passes through unchanged
-      if (phase == 0) {
-        for (int64_t q = 0; q < 3; ++q) {
-          std::fill_n(s.dgx_t + b * 3 * H + q * H + j0, n, T(0));
-          std::fill_n(s.dp_t + b * 3 * H + q * H + j0, n, T(0));
-        }
-      }
+      if (phase == 0) zero_padded_step_gradients<3>(b, H, j0, n, s.dgx_t, s.dp_t);
       continue;
     }
     const T* p_hat = s.p_hat + gate_row;
