@@ -34,26 +34,10 @@ Tuple outputs_in_storage(const Tuple& out, at::ScalarType storage) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Zoneout: keep is the weight of the previous state, 0 or 1 from a mask (a select, so that the
-// dropped value cannot turn the result into NaN, as torch.where) or a constant in [0, 1).
+// Zoneout: the new state is keep ⊙ previous + (1 - keep) ⊙ next, keep from a mask (0 or 1: a
+// select, so that the dropped value cannot turn the result into NaN, as torch.where) or the
+// constant p (eval's expectation; p = 0: no zoneout).
 // ---------------------------------------------------------------------------------------------
-
-template <typename T>
-__attribute__((always_inline)) inline T zoneout(T keep, T previous, T next) {
-  const T blended = keep * previous + (T(1) - keep) * next;
-  return keep == T(0) ? next : (keep == T(1) ? previous : blended);
-}
-
-// The gradients of zoneout(keep, previous, next) from that of its result.
-template <typename T>
-__attribute__((always_inline)) inline T zoneout_previous_grad(T keep, T grad) {
-  return keep == T(0) ? T(0) : (keep == T(1) ? grad : keep * grad);
-}
-
-template <typename T>
-__attribute__((always_inline)) inline T zoneout_next_grad(T keep, T grad) {
-  return keep == T(0) ? grad : (keep == T(1) ? T(0) : (T(1) - keep) * grad);
-}
 
 // One state's zoneout in a call: a bool mask [T, B, H] (training), else the constant p.
 struct Zoneout {
@@ -69,10 +53,43 @@ struct Zoneout {
   }
 };
 
-// The weight of the previous state of unit j: keep[j] from a mask row, else p.
+// The zoneout of a row of units, one type per kind, each with the state's value and the two
+// gradients (of previous and of next, from the result's). The row loops take the kind as a
+// template type, so that they hold no test of it (a `mask ? mask[j] : p` and the comparisons of
+// keep with 0 and 1 in the loop kept GCC from vectorising it).
 template <typename T>
-__attribute__((always_inline)) inline T keep_weight(const bool* keep, int64_t j, T p) {
-  return keep != nullptr ? T(keep[j]) : p;
+struct MaskedKeep {  // training: unit j keeps its previous value where mask[j]
+  const bool* __restrict__ mask;
+  T state(int64_t j, T previous, T next) const { return mask[j] ? previous : next; }
+  T previous_grad(int64_t j, T grad) const { return mask[j] ? grad : T(0); }
+  T next_grad(int64_t j, T grad) const { return mask[j] ? T(0) : grad; }
+};
+
+template <typename T>
+struct ConstantKeep {  // eval: the expectation, p in (0, 1)
+  T p;
+  T state(int64_t, T previous, T next) const { return p * previous + (T(1) - p) * next; }
+  T previous_grad(int64_t, T grad) const { return p * grad; }
+  T next_grad(int64_t, T grad) const { return (T(1) - p) * grad; }
+};
+
+template <typename T>
+struct NoKeep {  // p = 0 and no mask: no zoneout
+  T state(int64_t, T, T next) const { return next; }
+  T previous_grad(int64_t, T) const { return T(0); }
+  T next_grad(int64_t, T grad) const { return grad; }
+};
+
+// f(keep) with the zoneout of a row: its mask row (when there is a mask), else p.
+template <typename T, typename F>
+__attribute__((always_inline)) inline void with_keep(const bool* mask, T p, const F& f) {
+  if (mask != nullptr) {
+    f(MaskedKeep<T>{mask});
+  } else if (p != T(0)) {
+    f(ConstantKeep<T>{p});
+  } else {
+    f(NoKeep<T>{});
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

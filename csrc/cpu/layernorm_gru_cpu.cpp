@@ -43,11 +43,11 @@ struct ForwardSlice {
   SliceStatistics* p_stats;
 };
 
-template <bool kSave, bool kBias, typename T>
+template <bool kSave, bool kBias, typename T, typename Keep>
 __attribute__((always_inline)) inline void forward_row(
     int64_t n, int64_t H, const T* __restrict__ x, const T* __restrict__ p, T mean, T rstd,
-    const T* __restrict__ gamma, const T* __restrict__ bias, const bool* __restrict__ keep_h,
-    T p_h, const T* __restrict__ h_prev, T* __restrict__ h_next, T* __restrict__ y,
+    const T* __restrict__ gamma, const T* __restrict__ bias, Keep keep_h,
+    const T* __restrict__ h_prev, T* __restrict__ h_next, T* __restrict__ y,
     T* __restrict__ gates, T* __restrict__ p_hat) {
   for (int64_t j = 0; j < n; ++j) {
     T gh[3];
@@ -58,7 +58,7 @@ __attribute__((always_inline)) inline void forward_row(
       if constexpr (kSave) p_hat[q * H + j] = normalised;
     }
     const GRUGates<T> gate = gru_activate(x[j], x[H + j], x[2 * H + j], gh[0], gh[1], gh[2]);
-    const T h = zoneout(keep_weight(keep_h, j, p_h), h_prev[j], gru_hidden(gate, h_prev[j]));
+    const T h = keep_h.state(j, h_prev[j], gru_hidden(gate, h_prev[j]));
     h_next[j] = h;
     y[j] = h;
     if constexpr (kSave) {
@@ -94,12 +94,15 @@ __attribute__((always_inline)) inline void forward_phase_impl(const ForwardSlice
       }
     } else {
       const auto [mean, rstd] = s.p_stats->mean_rstd(b, s.eps);
-      forward_row<kSave, kBias>(n, H, s.gx_t + b * 3 * H + j0, p, T(mean), T(rstd),
-                                s.gamma_hh + j0, kBias ? s.b_hh + j0 : nullptr,
-                                s.zoneout_h.row(t, b, B, H, j0), T(s.zoneout_h.p),
-                                s.h_prev + row, s.h_next + row, s.y_t + row,
-                                kSave ? s.gates_t + b * 3 * H + j0 : nullptr,
-                                kSave ? s.p_hat_t + b * 3 * H + j0 : nullptr);
+      // always_inline: a lambda does not inherit the caller's target ISA unless inlined
+      auto run = [&](auto keep_h) __attribute__((always_inline)) {
+        forward_row<kSave, kBias>(n, H, s.gx_t + b * 3 * H + j0, p, T(mean), T(rstd),
+                                  s.gamma_hh + j0, kBias ? s.b_hh + j0 : nullptr, keep_h,
+                                  s.h_prev + row, s.h_next + row, s.y_t + row,
+                                  kSave ? s.gates_t + b * 3 * H + j0 : nullptr,
+                                  kSave ? s.p_hat_t + b * 3 * H + j0 : nullptr);
+      };
+      with_keep(s.zoneout_h.row(t, b, B, H, j0), T(s.zoneout_h.p), run);
       if (kSave && j0 == 0) s.rstd_t[b] = T(rstd);  // one worker per row writes it
     }
   }
@@ -141,24 +144,23 @@ struct BackwardSlice {
   SliceStatistics* dp_stats;
 };
 
-template <bool kHasDy, bool kBias, typename T>
+template <bool kHasDy, bool kBias, typename T, typename Keep>
 __attribute__((always_inline)) inline void gates_backward_row(
     int64_t n, int64_t H, const T* __restrict__ gates, const T* __restrict__ p_hat,
-    const T* __restrict__ gamma, const T* __restrict__ bias, const bool* __restrict__ keep_h,
-    T p_h, const T* __restrict__ h_prev, const T* __restrict__ dy, T* __restrict__ dh,
+    const T* __restrict__ gamma, const T* __restrict__ bias, Keep keep_h,
+    const T* __restrict__ h_prev, const T* __restrict__ dy, T* __restrict__ dh,
     T* __restrict__ dgx, T* __restrict__ dp_hat, double* __restrict__ dgamma,
     double* __restrict__ dbias) {
   for (int64_t j = 0; j < n; ++j) {
     const T dh_total = kHasDy ? dh[j] + dy[j] : dh[j];
-    const T keep = keep_weight(keep_h, j, p_h);
-    const T dh_new = zoneout_next_grad(keep, dh_total);
+    const T dh_new = keep_h.next_grad(j, dh_total);
     const GRUGates<T> gate{gates[j], gates[H + j], gates[2 * H + j]};
     T gh_n = gamma[2 * H + j] * p_hat[2 * H + j];
     if constexpr (kBias) gh_n += bias[2 * H + j];
     GRUGates<T> d;
     // the direct part; the GEMM of the next position adds the recurrent one
-    dh[j] = zoneout_previous_grad(keep, dh_total) + gru_cell_backward(gate, gh_n, h_prev[j],
-                                                                      dh_new, d);
+    dh[j] = keep_h.previous_grad(j, dh_total) +
+            gru_cell_backward(gate, gh_n, h_prev[j], dh_new, d);
     dgx[j] = d.r;
     dgx[H + j] = d.z;
     dgx[2 * H + j] = d.n;
@@ -194,10 +196,12 @@ __attribute__((always_inline)) inline void backward_phase_impl(const BackwardSli
       const T* dy = s.dy_t ? s.dy_t + row : nullptr;
       const T* bias = s.b_hh ? s.b_hh + j0 : nullptr;
       T* dgx = s.dgx_t + b * 3 * H + j0;
-      auto run = [&](auto has_dy, auto has_bias) {
-        gates_backward_row<decltype(has_dy)::value, decltype(has_bias)::value>(
-            n, H, s.gates + gate_row, p_hat, s.gamma_hh + j0, bias, keep_h, T(s.zoneout_h.p),
-            h_prev, dy, s.dh + r * n, dgx, dp_hat, s.gamma_hh_grad, s.b_hh_grad);
+      auto run = [&](auto has_dy, auto has_bias) __attribute__((always_inline)) {
+        with_keep(keep_h, T(s.zoneout_h.p), [&](auto keep) __attribute__((always_inline)) {
+          gates_backward_row<decltype(has_dy)::value, decltype(has_bias)::value>(
+              n, H, s.gates + gate_row, p_hat, s.gamma_hh + j0, bias, keep, h_prev, dy,
+              s.dh + r * n, dgx, dp_hat, s.gamma_hh_grad, s.b_hh_grad);
+        });
       };
       using yes = std::true_type;
       using no = std::false_type;

@@ -83,17 +83,17 @@ __attribute__((always_inline)) inline void gates_row(
 }
 
 // Phase 2 of one row: h', zoneout, the new states and the output.
-template <bool kSave, typename T>
+template <bool kSave, typename T, typename KeepH, typename KeepC>
 __attribute__((always_inline)) inline void output_row(
     int64_t n, const T* __restrict__ cell, T mean, T rstd, const T* __restrict__ gamma_c,
-    const T* __restrict__ beta_c, const bool* __restrict__ keep_h, T p_h,
-    const bool* __restrict__ keep_c, T p_c, const T* __restrict__ h_prev, T* __restrict__ h_next,
+    const T* __restrict__ beta_c, KeepH keep_h, KeepC keep_c, const T* __restrict__ h_prev,
+    T* __restrict__ h_next,
     T* __restrict__ c, T* __restrict__ y, T* __restrict__ c_hat, T* __restrict__ cs) {
   for (int64_t j = 0; j < n; ++j) {
     const T normalised = (cell[j] - mean) * rstd;
     const T h_new = cell[n + j] * tanh_(gamma_c[j] * normalised + beta_c[j]);
-    const T h = zoneout(keep_weight(keep_h, j, p_h), h_prev[j], h_new);
-    const T c_state = zoneout(keep_weight(keep_c, j, p_c), c[j], cell[j]);
+    const T h = keep_h.state(j, h_prev[j], h_new);
+    const T c_state = keep_c.state(j, c[j], cell[j]);
     h_next[j] = h;
     y[j] = h;
     c[j] = c_state;
@@ -146,22 +146,27 @@ __attribute__((always_inline)) inline void forward_phase_impl(const ForwardSlice
       }
     } else {
       const auto [mean, rstd] = s.c_stats->mean_rstd(b, s.eps);
-      const bool* keep_h = s.zoneout_h.row(t, b, B, H, j0);
-      const bool* keep_c = s.zoneout_c.row(t, b, B, H, j0);
-      const T p_h = T(s.zoneout_h.p), p_c = T(s.zoneout_c.p);
       const T* cell = s.cell + r * 2 * n;
-      if (save) {
-        output_row<true>(n, cell, T(mean), T(rstd), s.gamma_c + j0, s.beta_c + j0, keep_h, p_h,
-                         keep_c, p_c, s.h_prev + row, s.h_next + row, s.c + row, s.y_t + row,
-                         s.c_hat_t + row, s.cs_t + row);
-        if (j0 == 0) {  // one worker per row writes the row's statistics
-          s.rstd_t[b * 2] = T(s.p_stats->mean_rstd(b, s.eps).second);
-          s.rstd_t[b * 2 + 1] = T(rstd);
+      // always_inline: a lambda does not inherit the caller's target ISA unless inlined
+      auto run = [&](auto keep_h, auto keep_c) __attribute__((always_inline)) {
+        if (save) {
+          output_row<true>(n, cell, T(mean), T(rstd), s.gamma_c + j0, s.beta_c + j0, keep_h,
+                           keep_c, s.h_prev + row, s.h_next + row, s.c + row, s.y_t + row,
+                           s.c_hat_t + row, s.cs_t + row);
+        } else {
+          output_row<false>(n, cell, T(mean), T(rstd), s.gamma_c + j0, s.beta_c + j0, keep_h,
+                            keep_c, s.h_prev + row, s.h_next + row, s.c + row, s.y_t + row,
+                            static_cast<T*>(nullptr), static_cast<T*>(nullptr));
         }
-      } else {
-        output_row<false>(n, cell, T(mean), T(rstd), s.gamma_c + j0, s.beta_c + j0, keep_h, p_h,
-                          keep_c, p_c, s.h_prev + row, s.h_next + row, s.c + row, s.y_t + row,
-                          static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+      };
+      auto with_keep_c = [&](auto keep_h) __attribute__((always_inline)) {
+        auto run_c = [&](auto keep_c) __attribute__((always_inline)) { run(keep_h, keep_c); };
+        with_keep(s.zoneout_c.row(t, b, B, H, j0), T(s.zoneout_c.p), run_c);
+      };
+      with_keep(s.zoneout_h.row(t, b, B, H, j0), T(s.zoneout_h.p), with_keep_c);
+      if (save && j0 == 0) {  // one worker per row writes the row's statistics
+        s.rstd_t[b * 2] = T(s.p_stats->mean_rstd(b, s.eps).second);
+        s.rstd_t[b * 2 + 1] = T(rstd);
       }
     }
   }
@@ -204,17 +209,16 @@ struct BackwardSlice {
 };
 
 // Phase 0 of one row: zoneout of dh, the gradients of o (into dgx) and of ĉ.
-template <bool kHasDy, typename T>
+template <bool kHasDy, typename T, typename Keep>
 __attribute__((always_inline)) inline void output_backward_row(
     int64_t n, int64_t H, const T* __restrict__ gates, const T* __restrict__ c_hat,
-    const T* __restrict__ gamma_c, const T* __restrict__ beta_c, const bool* __restrict__ keep_h,
-    T p_h, const T* __restrict__ dy, T* __restrict__ dh, T* __restrict__ dc_hat,
+    const T* __restrict__ gamma_c, const T* __restrict__ beta_c, Keep keep_h,
+    const T* __restrict__ dy, T* __restrict__ dh, T* __restrict__ dc_hat,
     T* __restrict__ dgx, double* __restrict__ dgamma_c, double* __restrict__ dbeta_c) {
   for (int64_t j = 0; j < n; ++j) {
     const T dh_total = kHasDy ? dh[j] + dy[j] : dh[j];
-    const T keep = keep_weight(keep_h, j, p_h);
-    const T dh_new = zoneout_next_grad(keep, dh_total);
-    dh[j] = zoneout_previous_grad(keep, dh_total);  // the GEMM of the next position adds to it
+    const T dh_new = keep_h.next_grad(j, dh_total);
+    dh[j] = keep_h.previous_grad(j, dh_total);  // the GEMM of the next position adds to it
     const T o = gates[3 * H + j];
     const T tanh_n = tanh_(gamma_c[j] * c_hat[j] + beta_c[j]);
     const T dn = dh_new * o * (T(1) - tanh_n * tanh_n);
@@ -226,25 +230,24 @@ __attribute__((always_inline)) inline void output_backward_row(
 }
 
 // Phase 1 of one row: the cell LN's backward, zoneout of dc, the gate gradients and dp̂.
-template <typename T>
+template <typename T, typename Keep>
 __attribute__((always_inline)) inline void cell_backward_row(
     int64_t n, int64_t H, const T* __restrict__ gates, const T* __restrict__ c_hat,
     const T* __restrict__ c_prev, const T* __restrict__ p_hat, T rstd_c, T mean_dc_hat,
-    T mean_dc_hat_c_hat, const bool* __restrict__ keep_c, T p_c, const T* __restrict__ gamma_hh,
+    T mean_dc_hat_c_hat, Keep keep_c, const T* __restrict__ gamma_hh,
     const T* __restrict__ dc_hat, T* __restrict__ dc, T* __restrict__ dgx,
     T* __restrict__ dp_hat, double* __restrict__ dgamma_hh) {
   for (int64_t j = 0; j < n; ++j) {
     const T dc_ln = rstd_c * (dc_hat[j] - mean_dc_hat - c_hat[j] * mean_dc_hat_c_hat);
-    const T keep = keep_weight(keep_c, j, p_c);
     const T dc_state = dc[j];
-    const T dc_new = zoneout_next_grad(keep, dc_state) + dc_ln;
+    const T dc_new = keep_c.next_grad(j, dc_state) + dc_ln;
     const T i = gates[j], f = gates[H + j], g = gates[2 * H + j];
     T da[4];
     da[0] = dc_new * g * i * (T(1) - i);
     da[1] = dc_new * c_prev[j] * f * (T(1) - f);
     da[2] = dc_new * i * (T(1) - g * g);
     da[3] = dgx[3 * H + j];
-    dc[j] = zoneout_previous_grad(keep, dc_state) + dc_new * f;
+    dc[j] = keep_c.previous_grad(j, dc_state) + dc_new * f;
     for (int64_t q = 0; q < 4; ++q) {
       if (q < 3) dgx[q * H + j] = da[q];
       dp_hat[q * n + j] = da[q] * gamma_hh[q * H + j];
@@ -272,18 +275,20 @@ __attribute__((always_inline)) inline void backward_phase_impl(const BackwardSli
     T* dc_hat = s.dc_hat + r * n;
     T* dp_hat = s.dp_hat + r * 4 * n;
     if (phase == 0) {
-      const bool* keep_h = s.zoneout_h.row(t, b, B, H, j0);
       const T* dy = s.dy_t ? s.dy_t + row : nullptr;
       T* dh = s.dh + r * n;
-      if (dy) {
-        output_backward_row<true>(n, H, s.gates + gate_row, c_hat, s.gamma_c + j0, s.beta_c + j0,
-                                  keep_h, T(s.zoneout_h.p), dy, dh, dc_hat, dgx, s.cell_grad,
-                                  s.cell_grad + n);
-      } else {
-        output_backward_row<false>(n, H, s.gates + gate_row, c_hat, s.gamma_c + j0,
-                                   s.beta_c + j0, keep_h, T(s.zoneout_h.p), dy, dh, dc_hat, dgx,
-                                   s.cell_grad, s.cell_grad + n);
-      }
+      auto run = [&](auto keep_h) __attribute__((always_inline)) {
+        if (dy) {
+          output_backward_row<true>(n, H, s.gates + gate_row, c_hat, s.gamma_c + j0,
+                                    s.beta_c + j0, keep_h, dy, dh, dc_hat, dgx, s.cell_grad,
+                                    s.cell_grad + n);
+        } else {
+          output_backward_row<false>(n, H, s.gates + gate_row, c_hat, s.gamma_c + j0,
+                                     s.beta_c + j0, keep_h, dy, dh, dc_hat, dgx, s.cell_grad,
+                                     s.cell_grad + n);
+        }
+      };
+      with_keep(s.zoneout_h.row(t, b, B, H, j0), T(s.zoneout_h.p), run);
       const T sum = lane_sum<T>(n, [&](int64_t j) { return dc_hat[j]; });
       const T dot = lane_sum<T>(n, [&](int64_t j) { return dc_hat[j] * c_hat[j]; });
       s.dc_stats->put(s.k, b, sum, dot);
@@ -292,10 +297,12 @@ __attribute__((always_inline)) inline void backward_phase_impl(const BackwardSli
       const T* c_prev = step_is_first(t, length, s.reverse)
                             ? s.c0 + row
                             : s.cs + prev_time(t, s.reverse) * B * H + row;
-      cell_backward_row(n, H, s.gates + gate_row, c_hat, c_prev, p_hat,
-                        s.rstd[(t * B + b) * 2 + 1], T(mean), T(mean_dot),
-                        s.zoneout_c.row(t, b, B, H, j0), T(s.zoneout_c.p), s.gamma_hh + j0,
-                        dc_hat, s.dc + row, dgx, dp_hat, s.gamma_hh_grad);
+      auto run = [&](auto keep_c) __attribute__((always_inline)) {
+        cell_backward_row(n, H, s.gates + gate_row, c_hat, c_prev, p_hat,
+                          s.rstd[(t * B + b) * 2 + 1], T(mean), T(mean_dot), keep_c,
+                          s.gamma_hh + j0, dc_hat, s.dc + row, dgx, dp_hat, s.gamma_hh_grad);
+      };
+      with_keep(s.zoneout_c.row(t, b, B, H, j0), T(s.zoneout_c.p), run);
       const auto [sum, dot] = gate_gradient_sums<4>(n, H, dp_hat, p_hat);
       s.dp_stats->put(s.k, b, sum, dot);
     } else {
