@@ -82,7 +82,9 @@ def extensions():
     debug = os.environ.get("FUSED_RNN_DEBUG", "0") == "1"
     generated = write_build_info(with_cuda)
 
-    sources = [os.path.join("csrc", n) for n in ("ops.cpp", "autograd.cpp", "cell_step.cpp")]
+    top_level = ("ops.cpp", "autograd.cpp", "cell_step.cpp", "layernorm_ops.cpp",
+                 "layernorm_autograd.cpp")
+    sources = [os.path.join("csrc", n) for n in top_level]
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     opt = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]
     # -fno-trapping-math lets the row loops of the CPU kernels turn their clamps into blends and

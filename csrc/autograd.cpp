@@ -28,19 +28,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr const char* kNoWorkspace =
-    "fused_rnn: backward through a recurrence whose forward ran with save_for_backward=False "
-    "(call the layer with grad mode on and an input or parameter that requires grad)";
-
-// A gradient that reaches an output (defined), or None: set_materialize_grads(false) passes
-// the gradients of unused outputs as undefined tensors, which the backward ops take as zero.
-optional<Tensor> grad_or_none(const Tensor& grad) {
-  return grad.defined() ? optional<Tensor>(grad) : c10::nullopt;
-}
-
-// An optional input saved for the backward: an undefined tensor stands for None.
-Tensor saved_or_undefined(const optional<Tensor>& t) { return has(t) ? *t : Tensor(); }
-
 // ---------------------------------------------------------------------------------------------
 // fused_rnn::linear
 // ---------------------------------------------------------------------------------------------

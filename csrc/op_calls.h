@@ -1,6 +1,6 @@
 // Calling the library's own ops from C++ through the dispatcher (so that every dispatch key,
-// autograd and tracing included, sees the call), shared by csrc/autograd.cpp and
-// csrc/cell_step.cpp.
+// autograd and tracing included, sees the call), shared by csrc/autograd.cpp,
+// csrc/layernorm_autograd.cpp and csrc/cell_step.cpp.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -44,6 +44,21 @@ inline bool records_graph(
   }
   return false;
 }
+
+// For the autograd functions of csrc/autograd.cpp and csrc/layernorm_autograd.cpp:
+
+constexpr const char* kNoWorkspace =
+    "fused_rnn: backward through a recurrence whose forward ran with save_for_backward=False "
+    "(call the layer with grad mode on and an input or parameter that requires grad)";
+
+// A gradient that reaches an output (defined), or None: set_materialize_grads(false) passes
+// the gradients of unused outputs as undefined tensors, which the backward ops take as zero.
+inline optional<Tensor> grad_or_none(const Tensor& grad) {
+  return grad.defined() ? optional<Tensor>(grad) : c10::nullopt;
+}
+
+// An optional input saved for the backward: an undefined tensor stands for None.
+inline Tensor saved_or_undefined(const optional<Tensor>& t) { return has(t) ? *t : Tensor(); }
 
 // The op names of each Elman RNN, for the code templated on its nonlinearity.
 struct RnnTanhOps {

@@ -12,6 +12,7 @@ as functions of explicit weights; :mod:`fused_rnn.backends` picks the kernels;
 from . import _ops  # noqa: F401  (loads fused_rnn._C: registers the ops, fake kernels, autograd)
 from . import backends, functional, reference
 from .convert import convert
+from .layernorm import LayerNormGRU, LayerNormGRUCell, LayerNormLSTM, LayerNormLSTMCell
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
@@ -31,6 +32,10 @@ __all__ = [
     "LSTMCell",
     "GRUCell",
     "RNNCell",
+    "LayerNormLSTM",
+    "LayerNormGRU",
+    "LayerNormLSTMCell",
+    "LayerNormGRUCell",
     "convert",
     "empty_cpu_cache",
     "backends",

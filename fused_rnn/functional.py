@@ -18,7 +18,7 @@ projection): the parameters of torch.nn's modules, in the same shapes.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -278,21 +278,29 @@ def _stack(
         output = h.unsqueeze(0)
         return ((output.transpose(0, 1) if batch_first else output), h.unsqueeze(0),
                 c.unsqueeze(0) if c is not None else None)
+
+    def run_layer(x, index, h0, c0, reverse):
+        return _run_layer(impl, cell, x, weights[index], h0, c0, lengths, reverse=reverse)
+
+    return layer_stack(run_layer, x, h0, c0, num_layers=num_layers,
+                       num_directions=num_directions, dropout=dropout, training=training,
+                       batch_first=batch_first)
+
+
+def layer_stack(run_layer: Callable, x: Tensor, h0: Tensor, c0: Optional[Tensor], *,
+                num_layers: int, num_directions: int, dropout: float, training: bool,
+                batch_first: bool):
+    """The layers and directions of a stack on time-major x, with dropout between layers:
+    ``run_layer(x, index, h0[index], c0[index] or None, reverse) -> (y, h_n, c_n or None)``
+    for index = layer * num_directions + direction. Returns (output in the input's layout,
+    h_n, c_n or None)."""
     h_n, c_n = [], []
     for layer in range(num_layers):
         outputs = []
         for direction in range(num_directions):
             index = layer * num_directions + direction
-            y, h, c = _run_layer(
-                impl,
-                cell,
-                x,
-                weights[index],
-                h0[index],
-                c0[index] if c0 is not None else None,
-                lengths,
-                reverse=direction == 1,
-            )
+            y, h, c = run_layer(x, index, h0[index], c0[index] if c0 is not None else None,
+                                direction == 1)
             outputs.append(y)
             h_n.append(h)
             c_n.append(c)
@@ -300,7 +308,7 @@ def _stack(
         if dropout > 0 and training and layer < num_layers - 1:
             x = F.dropout(x, dropout, training=True)
     output = x.transpose(0, 1) if batch_first else x
-    return output, _stack_states(h_n), _stack_states(c_n) if cell == "lstm" else None
+    return output, _stack_states(h_n), _stack_states(c_n) if c0 is not None else None
 
 
 def _stack_states(states: list[Tensor]) -> Tensor:

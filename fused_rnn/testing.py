@@ -84,7 +84,9 @@ def same_dtype_bound(expected: Tensor, rtol: float) -> float:
     return rtol * scale(expected)
 
 
-def low_precision_bound(torch_error: float, reference: Tensor) -> float:
+def low_precision_bound(torch_error: float, reference: Tensor,
+                        floor: float = LOW_PRECISION_FLOOR) -> float:
     """The largest error allowed against the high-precision ``reference`` for an fp16/bf16
-    result, when torch.nn's own result in that dtype is ``torch_error`` away from it."""
-    return LOW_PRECISION_FACTOR * torch_error + LOW_PRECISION_FLOOR * scale(reference)
+    result, when torch.nn's own result in that dtype is ``torch_error`` away from it (``floor``
+    relative to the reference's scale)."""
+    return LOW_PRECISION_FACTOR * torch_error + floor * scale(reference)

@@ -156,6 +156,23 @@ def test_default_backends_skip_reference_and_cpu_triton():
         candidates.select(["nope"], torch.device("cpu"), ["lstm"])
 
 
+@pytest.mark.parametrize("cell", ["ln_lstm", "ln_gru"])
+def test_layernorm_cells_against_the_per_step_loop(cell):
+    """The layer-normalised cells are measured against the per-step loop, and the loop under
+    torch.compile is among the candidates (not built here: Inductor takes minutes)."""
+    chosen = candidates.select(None, torch.device("cpu"), [cell])
+    assert [c.name for c in chosen] == ["cpu", "compiled-loop"]
+    for mode in ("fwd", "fwd+bwd"):
+        case = Case(cell, mode, "fp32", batch=3, seq_len=4, input_size=5, hidden_size=6)
+        reference = torch_layer(case, torch.device("cpu"))
+        assert type(reference).__name__.startswith("PerStepLayerNorm")
+        fused = chosen[0].build(case, reference)
+        result = correctness.check(case, reference, fused, torch.device("cpu"))
+        assert result.ok, result.note
+        wrong = _Perturbed(fused)
+        assert not correctness.check(case, reference, wrong, torch.device("cpu")).ok
+
+
 def test_timing_is_interleaved_and_takes_the_median():
     calls = []
     fns = [lambda: calls.append("a"), lambda: calls.append("b")]

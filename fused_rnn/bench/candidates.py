@@ -1,5 +1,6 @@
 """The implementations measured against torch.nn: fused_rnn's backends, found through
-:func:`fused_rnn.backends.available`, and any extra one a caller passes in (the tests use a
+:func:`fused_rnn.backends.available`, for the layer-normalised cells the per-step loop under
+torch.compile (:data:`COMPILED_LOOP`), and any extra one a caller passes in (the tests use a
 deliberately wrong one to check that the correctness gate catches it)."""
 
 from __future__ import annotations
@@ -7,12 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+import copy
+
 import torch
 from torch import nn
 
-from fused_rnn import backends
+from fused_rnn import backends, layernorm_functional
 
-from .cases import Case
+from .cases import LAYERNORM_CELLS, Case
 from .layers import fused_layer
 
 #: The name torch.nn's own layers go by where they are listed beside the candidates.
@@ -38,6 +41,12 @@ class Candidate:
     supports: Callable[[Case, torch.device], bool] = _always
 
 
+def _available(name: str, cell: str, device: torch.device) -> bool:
+    if cell in LAYERNORM_CELLS:
+        return layernorm_functional.available(name, device)
+    return backends.available(name, cell, device)
+
+
 def fused_backend(name: str) -> Candidate:
     """fused_rnn's drop-in layers with ``backend=name``."""
 
@@ -45,9 +54,20 @@ def fused_backend(name: str) -> Candidate:
         return fused_layer(case, reference, name)
 
     def supports(case: Case, device: torch.device) -> bool:
-        return backends.available(name, case.cell, device)
+        return _available(name, case.cell, device)
 
     return Candidate(name, build, supports)
+
+
+def _compiled_loop(case: Case, reference: nn.Module) -> nn.Module:
+    # the baseline's own per-step loop (a copy, so that the baseline itself stays eager)
+    return torch.compile(copy.deepcopy(reference))
+
+
+#: The per-step loop of the layer-normalised cells (the baseline) under torch.compile (Inductor):
+#: what a user gets from the loop without fused kernels. Measured by default with those cells.
+COMPILED_LOOP = Candidate("compiled-loop", _compiled_loop,
+                          lambda case, device: case.cell in LAYERNORM_CELLS)
 
 
 def default_backend_names(device: torch.device, cells: Sequence[str]) -> list[str]:
@@ -60,7 +80,7 @@ def default_backend_names(device: torch.device, cells: Sequence[str]) -> list[st
     for name in backends.BACKENDS:
         if name in _NOT_BY_DEFAULT or (name == "triton" and device.type == "cpu"):
             continue
-        if any(backends.available(name, cell, device) for cell in cells):
+        if any(_available(name, cell, device) for cell in cells):
             names.append(name)
     return names
 
@@ -74,6 +94,8 @@ def select(
     """The candidates to measure: the named ones (fused_rnn backends or keys of ``extra``), or by
     default every available fused_rnn backend plus every extra candidate."""
     extra = dict(extra or {})
+    if any(cell in LAYERNORM_CELLS for cell in cells):
+        extra = {COMPILED_LOOP.name: COMPILED_LOOP, **extra}
     if names is None:
         return [fused_backend(n) for n in default_backend_names(device, cells)] + list(extra.values())
     chosen = []

@@ -20,8 +20,15 @@ CELL_ALIASES = {
     "rnn": "rnn_tanh",
     "rnn_tanh": "rnn_tanh",
     "rnn_relu": "rnn_relu",
+    "ln_lstm": "ln_lstm",
+    "ln_gru": "ln_gru",
 }
 DEFAULT_CELLS = ("lstm", "gru", "rnn_tanh")
+
+#: The layer-normalised cells (fused_rnn.LayerNormLSTM / LayerNormGRU), measured when named:
+#: against the per-step PyTorch loop users write for them (bench/layernorm_loop.py), as the
+#: other cells are against torch.nn.
+LAYERNORM_CELLS = ("ln_lstm", "ln_gru")
 
 #: ``fwd``: inference (eval mode, under torch.no_grad). ``fwd+bwd``: one training step, the
 #: forward and the backward of a scalar loss of the output w.r.t. the input and every parameter.

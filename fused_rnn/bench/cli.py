@@ -61,7 +61,9 @@ def parser() -> argparse.ArgumentParser:
                    help="where to run (default: cuda when a GPU is available, else cpu)")
     p.add_argument("--cells", type=_choices(tuple(cases_module.CELL_ALIASES), cases_module.CELL_ALIASES),
                    default=list(cases_module.DEFAULT_CELLS),
-                   help="comma-separated: lstm, gru, rnn (= rnn_tanh), rnn_relu (default: lstm,gru,rnn)")
+                   help="comma-separated: lstm, gru, rnn (= rnn_tanh), rnn_relu, ln_lstm, ln_gru "
+                        "(the layer-normalised cells, against the per-step PyTorch loop and "
+                        "that loop under torch.compile); default: lstm,gru,rnn")
     p.add_argument("--backends", type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
                    help="comma-separated fused_rnn backends (cpu, cuda, triton, torch, reference, "
                         "auto); default: every one available on the device but reference and auto")
@@ -169,6 +171,9 @@ def main(argv: Sequence[str] | None = None, *, extra_candidates: Mapping[str, Ca
     results_csv.append(csv_path, rows)
     title = f"fused_rnn vs torch.nn on {rows[0]['device_name']} (commit {rows[0]['git_commit']})"
     table.show(rows, title)
+    if any(cell in cases_module.LAYERNORM_CELLS for cell in args.cells):
+        console.print("ln_lstm, ln_gru: the 'torch' columns are the per-step PyTorch loop "
+                      "(fused_rnn/bench/layernorm_loop.py), eager", highlight=False)
     console.print(f"appended {len(rows)} rows to {csv_path}", highlight=False)
     if not args.no_plot:
         _plot(csv_path, os.path.join(args.out, "plots"), console)

@@ -13,6 +13,11 @@ Tolerances (DESIGN.md, Numerics):
   (fp64 on the CPU, strict fp32 on a GPU) fed the same rounded weights and input; the fused
   error must stay within a small multiple of torch.nn's own error in that dtype, plus a floor:
   ``err(fused) <= LOW_PRECISION_FACTOR * err(torch) + LOW_PRECISION_FLOOR * max(1, max|ref|)``.
+* the layer-normalised cells (``ln_lstm``, ``ln_gru``) in fp32 by the same rule with the fp32
+  floor ``FP32_RTOL``: their baseline, the per-step loop, is no closer to the exact result than
+  the fused layer (the LN-LSTM amplifies fp32 rounding over the steps: at B=32, T=100, H=256 the
+  loop itself is ~1e-3 off its fp64 result by the last step, as is the same loop under
+  torch.compile, so a bound of 1e-4 against the fp32 loop would fail any correct kernel).
 
 A failure (or an exception from the fused layer) makes the row FAILED, with the reason.
 """
@@ -28,7 +33,7 @@ from torch import Tensor, nn
 
 from ..testing import LOW_PRECISION_FACTOR, LOW_PRECISION_FLOOR, low_precision_bound, same_dtype_bound
 from ..testing import max_abs_error as _max_abs, scale as _scale
-from .cases import Case
+from .cases import LAYERNORM_CELLS, Case
 from .layers import make_input
 from .precision import strict_fp32
 
@@ -118,12 +123,14 @@ def check(
                 note=f"{name}: shape {tuple(actual[name].shape)}, expected {tuple(expected[name].shape)}",
             )
 
-    if case.torch_dtype == torch.float32:
+    layernorm = case.cell in LAYERNORM_CELLS
+    if case.torch_dtype == torch.float32 and not layernorm:
         return _judge_fp32(actual, expected)
-    high_dtype = torch.float64 if device.type == "cpu" else torch.float32
+    high_dtype = torch.float64 if device.type == "cpu" or layernorm else torch.float32
     with strict_fp32():
         high = _results(copy.deepcopy(reference).to(high_dtype), x.to(high_dtype), case.mode, param_names)
-    return _judge_low_precision(actual, expected, high)
+    floor = FP32_RTOL if case.torch_dtype == torch.float32 else LOW_PRECISION_FLOOR
+    return _judge_low_precision(actual, expected, high, floor)
 
 
 def _judge_fp32(actual: dict[str, Tensor], expected: dict[str, Tensor]) -> GateResult:
@@ -139,18 +146,19 @@ def _judge_fp32(actual: dict[str, Tensor], expected: dict[str, Tensor]) -> GateR
 
 
 def _judge_low_precision(
-    actual: dict[str, Tensor], lowp: dict[str, Tensor], high: dict[str, Tensor]
+    actual: dict[str, Tensor], lowp: dict[str, Tensor], high: dict[str, Tensor],
+    floor: float = LOW_PRECISION_FLOOR,
 ) -> GateResult:
     worst, torch_worst, note = 0.0, 0.0, ""
     for name, ref in high.items():
         err = _max_abs(actual[name], ref)
         torch_err = _max_abs(lowp[name], ref)
-        bound = low_precision_bound(torch_err, ref)
+        bound = low_precision_bound(torch_err, ref, floor)
         if name in _STATE_NAMES:
             worst, torch_worst = _worse(worst, err), _worse(torch_worst, torch_err)
         if not err <= bound and not note:
             note = (
                 f"{name}: error {err:.3g} exceeds {LOW_PRECISION_FACTOR:g} x torch.nn's "
-                f"{torch_err:.3g} + {LOW_PRECISION_FLOOR * _scale(ref):.3g}"
+                f"{torch_err:.3g} + {floor * _scale(ref):.3g}"
             )
     return GateResult(not note, worst, torch_worst, note)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from .cases import Case
 
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1, "ln_lstm": 4, "ln_gru": 3}
 
 
 def forward_flops(case: Case) -> int:

@@ -1,5 +1,5 @@
-"""Builds the layers and inputs of a case: the torch.nn layer, fused_rnn's drop-in with the same
-weights, and the input tensor."""
+"""Builds the layers and inputs of a case: the torch.nn layer (for the layer-normalised cells, the
+per-step PyTorch loop), fused_rnn's drop-in with the same weights, and the input tensor."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ from torch import nn
 import fused_rnn
 
 from .cases import Case
+from .layernorm_loop import PerStepLayerNormGRU, PerStepLayerNormLSTM
 
-#: fused_rnn cell -> (torch.nn class, fused_rnn class, extra constructor arguments)
+#: fused_rnn cell -> (baseline class: torch.nn's, or the per-step loop of the layer-normalised
+#: cells; fused_rnn class; extra constructor arguments)
 LAYER_CLASSES = {
     "lstm": (nn.LSTM, fused_rnn.LSTM, {}),
     "gru": (nn.GRU, fused_rnn.GRU, {}),
     "rnn_tanh": (nn.RNN, fused_rnn.RNN, {"nonlinearity": "tanh"}),
     "rnn_relu": (nn.RNN, fused_rnn.RNN, {"nonlinearity": "relu"}),
+    "ln_lstm": (PerStepLayerNormLSTM, fused_rnn.LayerNormLSTM, {}),
+    "ln_gru": (PerStepLayerNormGRU, fused_rnn.LayerNormGRU, {}),
 }
 
 #: Seeds: weights and inputs are the same on every run, for every backend.

@@ -1,0 +1,269 @@
+// What the CPU kernels of the layer-normalised cells share: zoneout, the row sums of a layer
+// norm over a row split across threads, and the per-thread sums of the γ/β gradients.
+//
+// The split of the work is the plain cells' (cpu/partition.h): each worker owns a group of
+// batch rows and a slice of the hidden units. A layer norm over all units of a row (G*H gate
+// values of the recurrent product, H cell states) needs statistics of the whole row, so a step
+// runs in phases (Partition::for_each_step over T * phases positions, with the group's barrier
+// between positions): each worker writes the partial statistics of its slice of its rows
+// (SliceStatistics), and after the barrier every worker combines the slices' partials of its
+// rows and goes on with its own units. With one slice per group (from 8 rows per thread, as at
+// B = 32 on 2 threads) there is no barrier at all and the combination is the slice's own
+// statistics; below that (B = 1 inference) the threads split the units and pay a barrier per
+// phase instead of running the whole product on one thread.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "cpu/cpu_common.h"
+
+namespace fused_rnn::cpu {
+
+inline optional<Tensor> contiguous_or_none(const optional<Tensor>& t) {
+  return has(t) ? optional<Tensor>(t->contiguous()) : c10::nullopt;
+}
+
+// A tuple of outputs computed in the compute dtype, each in the op's storage dtype.
+template <typename Tuple>
+Tuple outputs_in_storage(const Tuple& out, at::ScalarType storage) {
+  return std::apply([&](const auto&... t) { return Tuple{to_storage(t, storage)...}; }, out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Zoneout: the new state is keep ⊙ previous + (1 - keep) ⊙ next, keep from a mask (0 or 1: a
+// select, so that the dropped value cannot turn the result into NaN, as torch.where) or the
+// constant p (eval's expectation; p = 0: no zoneout).
+// ---------------------------------------------------------------------------------------------
+
+// One state's zoneout in a call: a bool mask [T, B, H] (training), else the constant p.
+struct Zoneout {
+  const bool* mask;  // or nullptr
+  double p;
+
+  Zoneout(const optional<Tensor>& mask_tensor, double p)
+      : mask(has(mask_tensor) ? mask_tensor->data_ptr<bool>() : nullptr), p(p) {}
+
+  // The mask of units [j0, ...) of row b at step t (nullptr without a mask).
+  const bool* row(int64_t t, int64_t b, int64_t B, int64_t H, int64_t j0) const {
+    return mask == nullptr ? nullptr : mask + (t * B + b) * H + j0;
+  }
+};
+
+// The zoneout of a row of units, one type per kind, each with the state's value and the two
+// gradients (of previous and of next, from the result's). The row loops take the kind as a
+// template type, so that they hold no test of it (a `mask ? mask[j] : p` and the comparisons of
+// keep with 0 and 1 in the loop kept GCC from vectorising it).
+template <typename T>
+struct MaskedKeep {  // training: unit j keeps its previous value where mask[j]
+  const bool* __restrict__ mask;
+  T state(int64_t j, T previous, T next) const { return mask[j] ? previous : next; }
+  T previous_grad(int64_t j, T grad) const { return mask[j] ? grad : T(0); }
+  T next_grad(int64_t j, T grad) const { return mask[j] ? T(0) : grad; }
+};
+
+template <typename T>
+struct ConstantKeep {  // eval: the expectation, p in (0, 1)
+  T p;
+  T state(int64_t, T previous, T next) const { return p * previous + (T(1) - p) * next; }
+  T previous_grad(int64_t, T grad) const { return p * grad; }
+  T next_grad(int64_t, T grad) const { return (T(1) - p) * grad; }
+};
+
+template <typename T>
+struct NoKeep {  // p = 0 and no mask: no zoneout
+  T state(int64_t, T, T next) const { return next; }
+  T previous_grad(int64_t, T) const { return T(0); }
+  T next_grad(int64_t, T grad) const { return grad; }
+};
+
+// f(keep) with the zoneout of a row: its mask row (when there is a mask), else p.
+template <typename T, typename F>
+__attribute__((always_inline)) inline void with_keep(const bool* mask, T p, const F& f) {
+  if (mask != nullptr) {
+    f(MaskedKeep<T>{mask});
+  } else if (p != T(0)) {
+    f(ConstantKeep<T>{p});
+  } else {
+    f(NoKeep<T>{});
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row sums, vectorised: 16 independent partial sums (one AVX-512 vector of floats) combined at
+// the end in a fixed order, so that the compiler may use vectors without reassociating (the
+// kernels are built without -ffast-math) and the result is the same on every run.
+// ---------------------------------------------------------------------------------------------
+
+constexpr int64_t kSumLanes = 16;
+
+template <typename T, typename F>
+__attribute__((always_inline)) inline T lane_sum(int64_t n, const F& term) {
+  T lanes[kSumLanes] = {};
+  int64_t j = 0;
+  for (; j + kSumLanes <= n; j += kSumLanes) {
+    for (int64_t l = 0; l < kSumLanes; ++l) lanes[l] += term(j + l);
+  }
+  for (int64_t l = 0; j < n; ++j, ++l) lanes[l] += term(j);
+  T total = T(0);
+  for (int64_t l = 0; l < kSumLanes; ++l) total += lanes[l];
+  return total;
+}
+
+// Sum of x[0, n), and sum of squared deviations from its mean (the moments of a slice).
+template <typename T>
+struct SliceMoments {
+  T sum, m2;
+};
+
+template <typename T>
+__attribute__((always_inline)) inline SliceMoments<T> slice_moments(int64_t n,
+                                                                    const T* __restrict__ x) {
+  const T sum = lane_sum<T>(n, [&](int64_t j) { return x[j]; });
+  const T mean = n > 0 ? sum / T(n) : T(0);
+  const T m2 = lane_sum<T>(n, [&](int64_t j) { return (x[j] - mean) * (x[j] - mean); });
+  return {sum, m2};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backward of the recurrent LN p̂ = (p - mean p) * rstd over a row's G*H gate values, on a
+// slice of n units: dp_hat [G*n] (gate q of unit j at q*n + j), p_hat and dp rows of [B, G*H]
+// (at q*H + j, from the slice's first unit).
+// ---------------------------------------------------------------------------------------------
+
+// The slice's part of the row sums of dp̂ and of dp̂ p̂ (SliceStatistics::put them).
+template <int64_t G, typename T>
+__attribute__((always_inline)) inline std::pair<T, T> gate_gradient_sums(
+    int64_t n, int64_t H, const T* __restrict__ dp_hat, const T* __restrict__ p_hat) {
+  T sum = 0, dot = 0;
+  for (int64_t q = 0; q < G; ++q) {
+    const T* d = dp_hat + q * n;
+    const T* x = p_hat + q * H;
+    sum += lane_sum<T>(n, [&](int64_t j) { return d[j]; });
+    dot += lane_sum<T>(n, [&](int64_t j) { return d[j] * x[j]; });
+  }
+  return {sum, dot};
+}
+
+// A padded step of row b: no gradient of its gate values (dgx) nor of its recurrent product
+// (dp), rows of [B, G*H], on the slice's n units from j0.
+template <int64_t G, typename T>
+inline void zero_padded_step_gradients(int64_t b, int64_t H, int64_t j0, int64_t n, T* dgx_t,
+                                       T* dp_t) {
+  for (int64_t q = 0; q < G; ++q) {
+    std::fill_n(dgx_t + b * G * H + q * H + j0, n, T(0));
+    std::fill_n(dp_t + b * G * H + q * H + j0, n, T(0));
+  }
+}
+
+// dp = rstd (dp̂ - mean(dp̂) - p̂ mean(dp̂ p̂)), from the row means of all slices' sums.
+template <int64_t G, typename T>
+__attribute__((always_inline)) inline void recurrent_layernorm_backward_row(
+    int64_t n, int64_t H, const T* __restrict__ dp_hat, const T* __restrict__ p_hat, T rstd,
+    T mean, T mean_dot, T* __restrict__ dp) {
+  for (int64_t q = 0; q < G; ++q) {
+    for (int64_t j = 0; j < n; ++j) {
+      dp[q * H + j] = rstd * (dp_hat[q * n + j] - mean - p_hat[q * H + j] * mean_dot);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The statistics of rows split across the unit slices of a row group: partial[slice][b] holds
+// two numbers per row, written by the worker of that slice and read, after the group's barrier,
+// by every worker of the group. One buffer per reduction of a step suffices: it is written
+// again only in the next step, after a barrier that every reader has passed.
+// ---------------------------------------------------------------------------------------------
+
+class SliceStatistics {
+ public:
+  // width: values per unit in the normalised vector (G for the recurrent product, 1 for c).
+  SliceStatistics(const Partition& part, int64_t width)
+      : part_(part), width_(width), partial_(part.slices() * part.row_count() * 2) {}
+
+  template <typename T>
+  void put(int64_t k, int64_t b, T first, T second) {
+    double* p = slot(part_.slice(k), b);
+    p[0] = first;
+    p[1] = second;
+  }
+
+  // Mean and 1 / sqrt(var + eps) of row b from the slices' (sum, m2): Chan's combination of
+  // the slices' moments, in double.
+  std::pair<double, double> mean_rstd(int64_t b, double eps) const {
+    const double count = double(width_ * part_.unit_count());
+    double sum = 0;
+    for (int64_t s = 0; s < part_.slices(); ++s) sum += slot(s, b)[0];
+    const double mean = sum / count;
+    double m2 = 0;
+    for (int64_t s = 0; s < part_.slices(); ++s) {
+      const double n = double(width_ * slice_units(s));
+      const double deviation = n > 0 ? slot(s, b)[0] / n - mean : 0.0;
+      m2 += slot(s, b)[1] + n * deviation * deviation;
+    }
+    return {mean, 1.0 / std::sqrt(m2 / count + eps)};
+  }
+
+  // The two row sums over all slices, each divided by the row's length (the means the
+  // backward of a layer norm needs).
+  std::pair<double, double> means(int64_t b) const {
+    double first = 0, second = 0;
+    for (int64_t s = 0; s < part_.slices(); ++s) {
+      first += slot(s, b)[0];
+      second += slot(s, b)[1];
+    }
+    const double count = double(width_ * part_.unit_count());
+    return {first / count, second / count};
+  }
+
+ private:
+  int64_t slice_units(int64_t s) const { return part_.units(s); }  // worker s: group 0, slice s
+  double* slot(int64_t s, int64_t b) { return partial_.data() + (s * part_.row_count() + b) * 2; }
+  const double* slot(int64_t s, int64_t b) const {
+    return partial_.data() + (s * part_.row_count() + b) * 2;
+  }
+
+  const Partition& part_;
+  const int64_t width_;
+  std::vector<double> partial_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Gradients of per-unit parameters (γ, β), summed over all steps and rows: each worker adds its
+// rows' terms for its units into its own double-precision sums during the backward, and the
+// workers' sums are added up after the loop (no contention, the same order on every run).
+// ---------------------------------------------------------------------------------------------
+
+class UnitGradients {
+ public:
+  // One vector of `width` values per unit (G gates, or 1), per worker.
+  UnitGradients(const Partition& part, int64_t width) : part_(part), width_(width) {
+    for (int64_t k = 0; k < part.size(); ++k) sums_.emplace_back(width * part.units(k), 0.0);
+  }
+
+  // Worker k's sums: value q of its unit j at [q * units(k) + j].
+  double* of(int64_t k) { return sums_[k].data(); }
+
+  // [width * H] with value q of unit j at q * H + j, in `options`' dtype.
+  Tensor total(const at::TensorOptions& options) const {
+    const int64_t H = part_.unit_count();
+    std::vector<double> out(width_ * H, 0.0);
+    for (int64_t k = 0; k < part_.size(); ++k) {
+      const int64_t n = part_.units(k), j0 = part_.begin(k);
+      for (int64_t q = 0; q < width_; ++q) {
+        for (int64_t j = 0; j < n; ++j) out[q * H + j0 + j] += sums_[k][q * n + j];
+      }
+    }
+    return at::tensor(out, at::TensorOptions().dtype(at::kDouble)).to(options);
+  }
+
+ private:
+  const Partition& part_;
+  const int64_t width_;
+  std::vector<std::vector<double>> sums_;
+};
+
+}  // namespace fused_rnn::cpu

@@ -1,0 +1,386 @@
+// Layer-normalised GRU with zoneout on the CPU, forward and backward (see
+// csrc/layernorm_ops.cpp for the op contract, cpu/layernorm_cpu.h for the phases).
+//
+// Forward, per step, on each worker's rows and slice of units, in two phases:
+//   0  p[rows, 3n] = h_prev[rows] @ w_hh[the slice's gate rows]^T (one GEMM); the slice's
+//      moments of p per row
+//   1  mean and rstd of p per row; gh = γ_hh p̂ + b_hh, r, z, n, h', zoneout, y, the workspace
+// Backward, per step (reverse order), in two phases:
+//   0  dh += dp[step after] @ w_hh[:, units] (one GEMM); zoneout of dh, the gate gradients
+//      (grad_gx) and those of gh, dp̂ = dgh γ_hh, the sums of γ_hh's and b_hh's gradients; the
+//      slice's row sums of dp̂ and dp̂ p̂
+//   1  the recurrent LN's backward: dp = rstd (dp̂ - mean dp̂ - p̂ mean(dp̂ p̂))
+// grad_w_hh = sum over all steps of dp^T h_prev: GEMMs after the loop.
+#include <torch/library.h>
+
+#include "cpu/layernorm_cpu.h"
+#include "layernorm_checks.h"
+
+namespace fused_rnn::cpu {
+namespace {
+
+constexpr int64_t kPhases = 2;
+
+// Worker k's part of one forward step: batch rows [b0, b1), units [j0, j0 + n). gx_t,
+// gates_t, p_hat_t [B, 3H] (gate q of unit j at q*H + j); p [b1 - b0, 3n] (at q*n + j - j0);
+// h_prev, h_next, y_t [B, H]; rstd_t [B].
+template <typename T>
+struct ForwardSlice {
+  int64_t B, b0, b1, H, j0, n, k, t, T_steps;
+  double eps;
+  const T* gx_t;
+  const T* p;
+  const T* gamma_hh;   // [3H]
+  const T* b_hh;       // [3H] or nullptr
+  const T* h_prev;
+  T* h_next;
+  T* y_t;
+  Zoneout zoneout_h;
+  T* gates_t;          // the workspace, or nullptr
+  T* p_hat_t;
+  T* rstd_t;
+  const int64_t* lengths;
+  SliceStatistics* p_stats;
+};
+
+template <bool kSave, bool kBias, typename T, typename Keep>
+__attribute__((always_inline)) inline void forward_row(
+    int64_t n, int64_t H, const T* __restrict__ x, const T* __restrict__ p, T mean, T rstd,
+    const T* __restrict__ gamma, const T* __restrict__ bias, Keep keep_h,
+    const T* __restrict__ h_prev, T* __restrict__ h_next, T* __restrict__ y,
+    T* __restrict__ gates, T* __restrict__ p_hat) {
+  for (int64_t j = 0; j < n; ++j) {
+    T gh[3];
+    for (int64_t q = 0; q < 3; ++q) {
+      const T normalised = (p[q * n + j] - mean) * rstd;
+      gh[q] = gamma[q * H + j] * normalised;
+      if constexpr (kBias) gh[q] += bias[q * H + j];
+      if constexpr (kSave) p_hat[q * H + j] = normalised;
+    }
+    const GRUGates<T> gate = gru_activate(x[j], x[H + j], x[2 * H + j], gh[0], gh[1], gh[2]);
+    const T h = keep_h.state(j, h_prev[j], gru_hidden(gate, h_prev[j]));
+    h_next[j] = h;
+    y[j] = h;
+    if constexpr (kSave) {
+      gates[j] = gate.r;
+      gates[H + j] = gate.z;
+      gates[2 * H + j] = gate.n;
+    }
+  }
+}
+
+template <bool kSave, bool kBias, typename T>
+__attribute__((always_inline)) inline void forward_phase_impl(const ForwardSlice<T>& s,
+                                                              int64_t phase) {
+  const int64_t B = s.B, H = s.H, j0 = s.j0, n = s.n, t = s.t;
+  for (int64_t b = s.b0; b < s.b1; ++b) {
+    const bool valid = step_is_valid(t, length_of(s.lengths, b, s.T_steps));
+    const int64_t row = b * H + j0, r = b - s.b0;
+    const T* p = s.p + r * 3 * n;
+    if (phase == 0) {
+      if (!valid) continue;
+      const SliceMoments<T> m = slice_moments(3 * n, p);
+      s.p_stats->put(s.k, b, m.sum, m.m2);
+    } else if (!valid) {
+      // Finished sequence: the state stays, the output is zero, the workspace is unused.
+      std::copy_n(s.h_prev + row, n, s.h_next + row);
+      std::fill_n(s.y_t + row, n, T(0));
+      if constexpr (kSave) {
+        for (int64_t q = 0; q < 3; ++q) {
+          std::fill_n(s.gates_t + b * 3 * H + q * H + j0, n, T(0));
+          std::fill_n(s.p_hat_t + b * 3 * H + q * H + j0, n, T(0));
+        }
+        if (j0 == 0) s.rstd_t[b] = T(0);
+      }
+    } else {
+      const auto [mean, rstd] = s.p_stats->mean_rstd(b, s.eps);
+      // always_inline: a lambda does not inherit the caller's target ISA unless inlined
+      auto run = [&](auto keep_h) __attribute__((always_inline)) {
+        forward_row<kSave, kBias>(n, H, s.gx_t + b * 3 * H + j0, p, T(mean), T(rstd),
+                                  s.gamma_hh + j0, kBias ? s.b_hh + j0 : nullptr, keep_h,
+                                  s.h_prev + row, s.h_next + row, s.y_t + row,
+                                  kSave ? s.gates_t + b * 3 * H + j0 : nullptr,
+                                  kSave ? s.p_hat_t + b * 3 * H + j0 : nullptr);
+      };
+      with_keep(s.zoneout_h.row(t, b, B, H, j0), T(s.zoneout_h.p), run);
+      if (kSave && j0 == 0) s.rstd_t[b] = T(rstd);  // one worker per row writes it
+    }
+  }
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void forward_phase_impl(const ForwardSlice<T>& s,
+                                                              int64_t phase) {
+  const bool save = s.gates_t != nullptr, bias = s.b_hh != nullptr;
+  if (save && bias) forward_phase_impl<true, true>(s, phase);
+  if (save && !bias) forward_phase_impl<true, false>(s, phase);
+  if (!save && bias) forward_phase_impl<false, true>(s, phase);
+  if (!save && !bias) forward_phase_impl<false, false>(s, phase);
+}
+
+// Worker k's part of one backward step. Workspace arrays of all steps ([T, B, ...]; h_prev is
+// y of the neighbouring step); dgx_t and dp_t [B, 3H]; dh [b1 - b0, n] carried from step to
+// step; dp_hat [b1 - b0, 3n] between the phases.
+template <typename T>
+struct BackwardSlice {
+  int64_t B, b0, b1, H, j0, n, k, t, T_steps;
+  bool reverse;
+  const T* gates;
+  const T* p_hat;
+  const T* rstd;
+  const T* y;
+  const T* h0;
+  const T* gamma_hh;
+  const T* b_hh;          // or nullptr
+  Zoneout zoneout_h;
+  const T* dy_t;          // [B, H] or nullptr
+  T* dh;
+  T* dp_hat;
+  T* dgx_t;
+  T* dp_t;
+  double* gamma_hh_grad;  // the worker's sums: [3n]
+  double* b_hh_grad;      // [3n]
+  const int64_t* lengths;
+  SliceStatistics* dp_stats;
+};
+
+template <bool kHasDy, bool kBias, typename T, typename Keep>
+__attribute__((always_inline)) inline void gates_backward_row(
+    int64_t n, int64_t H, const T* __restrict__ gates, const T* __restrict__ p_hat,
+    const T* __restrict__ gamma, const T* __restrict__ bias, Keep keep_h,
+    const T* __restrict__ h_prev, const T* __restrict__ dy, T* __restrict__ dh,
+    T* __restrict__ dgx, T* __restrict__ dp_hat, double* __restrict__ dgamma,
+    double* __restrict__ dbias) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T dh_total = kHasDy ? dh[j] + dy[j] : dh[j];
+    const T dh_new = keep_h.next_grad(j, dh_total);
+    const GRUGates<T> gate{gates[j], gates[H + j], gates[2 * H + j]};
+    T gh_n = gamma[2 * H + j] * p_hat[2 * H + j];
+    if constexpr (kBias) gh_n += bias[2 * H + j];
+    GRUGates<T> d;
+    // the direct part; the GEMM of the next position adds the recurrent one
+    dh[j] = keep_h.previous_grad(j, dh_total) +
+            gru_cell_backward(gate, gh_n, h_prev[j], dh_new, d);
+    dgx[j] = d.r;
+    dgx[H + j] = d.z;
+    dgx[2 * H + j] = d.n;
+    const T dgh[3] = {d.r, d.z, d.n * gate.r};
+    for (int64_t q = 0; q < 3; ++q) {
+      dp_hat[q * n + j] = dgh[q] * gamma[q * H + j];
+      dgamma[q * n + j] += dgh[q] * p_hat[q * H + j];
+      dbias[q * n + j] += dgh[q];
+    }
+  }
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void backward_phase_impl(const BackwardSlice<T>& s,
+                                                               int64_t phase) {
+  const int64_t B = s.B, H = s.H, j0 = s.j0, n = s.n, t = s.t;
+  for (int64_t b = s.b0; b < s.b1; ++b) {
+    const int64_t length = length_of(s.lengths, b, s.T_steps);
+    const int64_t row = b * H + j0, r = b - s.b0;
+    const int64_t gate_row = (t * B + b) * 3 * H + j0;  // unit j0 of row b in [T, B, 3H]
+    if (!step_is_valid(t, length)) {
+      // padded step: no gradient; dh passes through unchanged
+      if (phase == 0) zero_padded_step_gradients<3>(b, H, j0, n, s.dgx_t, s.dp_t);
+      continue;
+    }
+    const T* p_hat = s.p_hat + gate_row;
+    T* dp_hat = s.dp_hat + r * 3 * n;
+    if (phase == 0) {
+      const T* h_prev = step_is_first(t, length, s.reverse)
+                            ? s.h0 + row
+                            : s.y + prev_time(t, s.reverse) * B * H + row;
+      const bool* keep_h = s.zoneout_h.row(t, b, B, H, j0);
+      const T* dy = s.dy_t ? s.dy_t + row : nullptr;
+      const T* bias = s.b_hh ? s.b_hh + j0 : nullptr;
+      T* dgx = s.dgx_t + b * 3 * H + j0;
+      auto run = [&](auto has_dy, auto has_bias) __attribute__((always_inline)) {
+        with_keep(keep_h, T(s.zoneout_h.p), [&](auto keep) __attribute__((always_inline)) {
+          gates_backward_row<decltype(has_dy)::value, decltype(has_bias)::value>(
+              n, H, s.gates + gate_row, p_hat, s.gamma_hh + j0, bias, keep, h_prev, dy,
+              s.dh + r * n, dgx, dp_hat, s.gamma_hh_grad, s.b_hh_grad);
+        });
+      };
+      using yes = std::true_type;
+      using no = std::false_type;
+      if (dy && bias) run(yes(), yes());
+      if (dy && !bias) run(yes(), no());
+      if (!dy && bias) run(no(), yes());
+      if (!dy && !bias) run(no(), no());
+      const auto [sum, dot] = gate_gradient_sums<3>(n, H, dp_hat, p_hat);
+      s.dp_stats->put(s.k, b, sum, dot);
+    } else {
+      const auto [mean, mean_dot] = s.dp_stats->means(b);
+      recurrent_layernorm_backward_row<3>(n, H, dp_hat, p_hat, s.rstd[t * B + b], T(mean),
+                                          T(mean_dot), s.dp_t + b * 3 * H + j0);
+    }
+  }
+}
+
+// Float phases are compiled per ISA (cpu/cpu_isa.h); double needs no variants.
+FUSED_RNN_CPU_ISA_VARIANTS(forward_phase, (const ForwardSlice<float>& s, int64_t phase),
+                           (s, phase), forward_phase_impl(s, phase))
+void forward_phase(const ForwardSlice<double>& s, int64_t phase) { forward_phase_impl(s, phase); }
+FUSED_RNN_CPU_ISA_VARIANTS(backward_phase, (const BackwardSlice<float>& s, int64_t phase),
+                           (s, phase), backward_phase_impl(s, phase))
+void backward_phase(const BackwardSlice<double>& s, int64_t phase) {
+  backward_phase_impl(s, phase);
+}
+
+using ForwardOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+using BackwardOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+template <typename T>
+ForwardOutputs forward_impl(const Tensor& gx, const Tensor& w_hh, const Tensor& gamma_hh,
+                            const optional<Tensor>& b_hh, const Tensor& h0,
+                            const Zoneout& zoneout_h, const optional<Tensor>& lengths,
+                            bool reverse, double eps, bool save, const RecurrenceSizes& n) {
+  const int64_t T_steps = n.T, B = n.B, H = n.H;
+  const auto opts = gx.options();
+  Tensor y = cpu_output({T_steps, B, H}, opts);
+  // [B, H] each: h_state[s % 2] is h before step s, h_state[(s + 1) % 2] after it
+  const Tensor h_state[2] = {h0.clone(), at::empty({B, H}, opts)};
+  auto workspace = [&](at::IntArrayRef sizes) {
+    return save ? cpu_output(sizes, opts) : empty_placeholder(opts);
+  };
+  Tensor gates = workspace({T_steps, B, 3 * H}), p_hat = workspace({T_steps, B, 3 * H});
+  Tensor rstd = workspace({T_steps, B});
+  const int64_t* len = data_or_null<int64_t>(lengths);
+  const Partition part(H, B, B * 3 * H * H, T_steps, /*split_rows=*/true);
+  ForwardGemms gemms(part, w_hh, 3, T_steps);
+  SliceStatistics p_stats(part, 3);
+
+  part.for_each_step(T_steps * kPhases, [&](int64_t k, int64_t position) {
+    const int64_t s = position / kPhases, phase = position % kPhases;
+    const int64_t t = time_at(s, T_steps, reverse);
+    const Tensor& h_prev = h_state[s % 2];
+    if (phase == 0) gemms.run(k, h_prev);
+    auto at_t = [&](const Tensor& ws, int64_t width) {
+      return save ? ws.data_ptr<T>() + t * B * width : nullptr;
+    };
+    const ForwardSlice<T> slice{B, part.row_begin(k), part.row_end(k), H, part.begin(k),
+                                part.units(k), k, t, T_steps, eps,
+                                gx.data_ptr<T>() + t * B * 3 * H, gemms.pre[k].data_ptr<T>(),
+                                gamma_hh.data_ptr<T>(), data_or_null<T>(b_hh),
+                                h_prev.data_ptr<T>(), h_state[(s + 1) % 2].data_ptr<T>(),
+                                y.data_ptr<T>() + t * B * H, zoneout_h, at_t(gates, 3 * H),
+                                at_t(p_hat, 3 * H), at_t(rstd, 1), len, &p_stats};
+    forward_phase(slice, phase);
+  });
+  return {y, h_state[T_steps % 2], gates, p_hat, rstd};
+}
+
+template <typename T>
+BackwardOutputs backward_impl(const optional<Tensor>& grad_y, const optional<Tensor>& grad_h_n,
+                              const Tensor& w_hh, const Tensor& gamma_hh,
+                              const optional<Tensor>& b_hh, const Tensor& h0,
+                              const Zoneout& zoneout_h, const Tensor& y, const Tensor& gates,
+                              const Tensor& p_hat, const Tensor& rstd,
+                              const optional<Tensor>& lengths, bool reverse,
+                              const RecurrenceSizes& n) {
+  const int64_t T_steps = n.T, B = n.B, H = n.H;
+  const auto opts = y.options();
+  const int64_t* len = data_or_null<int64_t>(lengths);
+  const T* dy = data_or_null<T>(grad_y);
+  Tensor grad_gx = cpu_output({T_steps, B, 3 * H}, opts);
+  Tensor dp = cpu_output({T_steps, B, 3 * H}, opts);  // gradient of the recurrent product
+  const Partition units(H, B, B * 3 * H * H, T_steps, /*split_rows=*/true);
+  BackwardState state(units, w_hh, grad_h_n, len);
+  SliceStatistics dp_stats(units, 3);
+  UnitGradients gamma_hh_grad(units, 3), b_hh_grad(units, 3);
+  std::vector<Tensor> dp_hat;  // per worker, between the phases
+  for (int64_t k = 0; k < units.size(); ++k) {
+    dp_hat.push_back(at::empty({units.rows(k), 3 * units.units(k)}, opts));
+  }
+
+  // Position i runs step s = T - 1 - i of the forward order.
+  units.for_each_step(T_steps * kPhases, [&](int64_t k, int64_t position) {
+    const int64_t i = position / kPhases, phase = position % kPhases;
+    const int64_t s = T_steps - 1 - i, t = time_at(s, T_steps, reverse);
+    if (phase == 0 && i > 0) state.add_recurrent(k, dp, time_at(s + 1, T_steps, reverse));
+    const BackwardSlice<T> slice{B, units.row_begin(k), units.row_end(k), H, units.begin(k),
+                                 units.units(k), k, t, T_steps, reverse,
+                                 gates.data_ptr<T>(), p_hat.data_ptr<T>(), rstd.data_ptr<T>(),
+                                 y.data_ptr<T>(), h0.data_ptr<T>(), gamma_hh.data_ptr<T>(),
+                                 data_or_null<T>(b_hh), zoneout_h,
+                                 dy ? dy + t * B * H : nullptr, state.dh[k].data_ptr<T>(),
+                                 dp_hat[k].data_ptr<T>(), grad_gx.data_ptr<T>() + t * B * 3 * H,
+                                 dp.data_ptr<T>() + t * B * 3 * H, gamma_hh_grad.of(k),
+                                 b_hh_grad.of(k), len, &dp_stats};
+    backward_phase(slice, phase);
+  });
+  // The recurrent part of the first step's gradients reaches h0.
+  if (T_steps > 0) {
+    units.for_each([&](int64_t k) { state.add_recurrent(k, dp, time_at(0, T_steps, reverse)); });
+  }
+  Tensor grad_h0 = state.release();
+  Tensor grad_w_hh = cpu_recurrent_weight_grad(dp, y, h0, lengths, reverse);
+  return {grad_gx, grad_w_hh, gamma_hh_grad.total(opts), b_hh_grad.total(opts), grad_h0};
+}
+
+void check_layernorm_inputs(const char* op, const Tensor& ref, const Tensor& gamma_hh,
+                            const optional<Tensor>& zoneout_h_mask, double zoneout_h,
+                            const RecurrenceSizes& n) {
+  check_layernorm_parameter(op, "gamma_hh", gamma_hh, ref, 3 * n.H);
+  check_zoneout(op, "zoneout_h", zoneout_h_mask, zoneout_h, ref, n.T, n.B, n.H);
+}
+
+ForwardOutputs layernorm_gru_forward_cpu(const Tensor& gx, const Tensor& w_hh,
+                                         const Tensor& gamma_hh, const optional<Tensor>& b_hh,
+                                         const Tensor& h0, const optional<Tensor>& zoneout_h_mask,
+                                         double zoneout_h, const optional<Tensor>& lengths,
+                                         bool reverse, double eps, bool save_for_backward) {
+  const AutocastOff autocast_off;
+  const char* op = "fused_rnn::layernorm_gru_forward";
+  const RecurrenceSizes n =
+      check_forward_inputs(op, 3, gx, w_hh, c10::nullopt, h0, c10::nullopt, b_hh, lengths);
+  check_layernorm_inputs(op, gx, gamma_hh, zoneout_h_mask, zoneout_h, n);
+  check_eps(op, eps);
+  const auto mask_h = contiguous_or_none(zoneout_h_mask);
+  const auto storage = gx.scalar_type();
+  auto out = AT_DISPATCH_FLOATING_TYPES(compute_dtype(storage), "layernorm_gru_forward_cpu", [&] {
+    return forward_impl<scalar_t>(to_compute(gx), to_compute(w_hh), to_compute(gamma_hh),
+                                  to_compute(b_hh), to_compute(h0), Zoneout(mask_h, zoneout_h),
+                                  contiguous_or_none(lengths), reverse, eps, save_for_backward,
+                                  n);
+  });
+  return outputs_in_storage(out, storage);
+}
+
+BackwardOutputs layernorm_gru_backward_cpu(
+    const optional<Tensor>& grad_y, const optional<Tensor>& grad_h_n, const Tensor& w_hh,
+    const Tensor& gamma_hh, const optional<Tensor>& b_hh, const Tensor& h0,
+    const optional<Tensor>& zoneout_h_mask, double zoneout_h, const Tensor& y,
+    const Tensor& gates, const Tensor& p_hat, const Tensor& rstd,
+    const optional<Tensor>& lengths, bool reverse) {
+  const AutocastOff autocast_off;
+  const char* op = "fused_rnn::layernorm_gru_backward";
+  const RecurrenceSizes n = check_backward_inputs(op, 3, w_hh, c10::nullopt, h0, c10::nullopt,
+                                                  y, lengths, grad_y, grad_h_n, c10::nullopt);
+  check_layernorm_inputs(op, y, gamma_hh, zoneout_h_mask, zoneout_h, n);
+  ::fused_rnn::detail::check_optional_like(op, "b_hh", b_hh, y, {3 * n.H});
+  check_workspace(op, "gates", gates, y, {n.T, n.B, 3 * n.H});
+  check_workspace(op, "p_hat", p_hat, y, {n.T, n.B, 3 * n.H});
+  check_workspace(op, "rstd", rstd, y, {n.T, n.B});
+  const auto mask_h = contiguous_or_none(zoneout_h_mask);
+  const auto storage = y.scalar_type();
+  auto out = AT_DISPATCH_FLOATING_TYPES(compute_dtype(storage), "layernorm_gru_backward_cpu", [&] {
+    return backward_impl<scalar_t>(to_compute(grad_y), to_compute(grad_h_n), to_compute(w_hh),
+                                   to_compute(gamma_hh), to_compute(b_hh), to_compute(h0),
+                                   Zoneout(mask_h, zoneout_h), to_compute(y), to_compute(gates),
+                                   to_compute(p_hat), to_compute(rstd),
+                                   contiguous_or_none(lengths), reverse, n);
+  });
+  return outputs_in_storage(out, storage);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
+  m.impl("layernorm_gru_forward", &layernorm_gru_forward_cpu);
+  m.impl("layernorm_gru_backward", &layernorm_gru_backward_cpu);
+}
+
+}  // namespace fused_rnn::cpu
