@@ -137,8 +137,11 @@ def _unavailable_reason(name: str, device: torch.device) -> str | None:
 
 
 def available(backend: str, device: torch.device | str) -> bool:
-    """Whether ``backend`` runs the layer-normalised cells on ``device``."""
+    """Whether ``backend`` runs the layer-normalised cells on ``device`` (``"torch"`` never:
+    torch.nn has no such layers)."""
     device = torch.device(device)
+    if backend not in BACKENDS and backend in backends.BACKENDS:
+        return False
     name = auto_backend_name(device) if backend == "auto" else check_backend(backend)
     return _unavailable_reason(name, device) is None
 
