@@ -31,7 +31,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _TRITON_FOUND = importlib.util.find_spec("triton") is not None
 
 if _TRITON_FOUND:
-    from . import ops  # noqa: F401  (registers the ops)
+    from . import layernorm_ops, ops  # noqa: F401  (register the ops)
 
 
 def _interpreting() -> bool:

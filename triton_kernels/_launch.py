@@ -173,6 +173,24 @@ def _check_barrier_status(layout: Layout, barrier: Tensor) -> None:
         )
 
 
+def kernel_launcher(kernel, grid: tuple, args: tuple):
+    """``kernel[grid]``, traceable by torch.compile, or None where there is nothing to run."""
+    if interpreting() and any(isinstance(a, Tensor) and is_fake(a) for a in args):
+        # Under the interpreter wrap_triton hands the kernel back unwrapped (an interpreted
+        # kernel cannot be traced), so fake tensors (shape propagation: opcheck, meta) would
+        # reach it. The outputs' shapes are all there is to compute then, unless a graph is
+        # being captured, which would then silently lack the kernels.
+        if _capturing_graph():
+            raise RuntimeError(
+                "fused_rnn triton ops cannot be compiled under TRITON_INTERPRET=1 (interpreted "
+                "kernels are invisible to torch.compile); compile on a GPU"
+            )
+        return None
+    # torch 2.11's wrap_triton refuses the interpreter's kernel objects (2.14 passes them
+    # through); they cannot be traced either way.
+    return (kernel if interpreting() else wrap_triton(kernel))[grid]
+
+
 def launch_recurrence(
     kernel,
     layout: Layout,
@@ -188,20 +206,9 @@ def launch_recurrence(
     """Runs ``kernel`` over all T steps in ``layout``; ``args`` are the arguments up to and
     including the barrier words (the last), ``like`` a tensor of the call (storage dtype and
     device), ``constexprs`` the cell's own."""
-    if interpreting() and any(isinstance(a, Tensor) and is_fake(a) for a in args):
-        # Under the interpreter wrap_triton hands the kernel back unwrapped (an interpreted
-        # kernel cannot be traced), so fake tensors (shape propagation: opcheck, meta) would
-        # reach it. The outputs' shapes are all there is to compute then, unless a graph is
-        # being captured, which would then silently lack the kernels.
-        if _capturing_graph():
-            raise RuntimeError(
-                "fused_rnn triton ops cannot be compiled under TRITON_INTERPRET=1 (interpreted "
-                "kernels are invisible to torch.compile); compile on a GPU"
-            )
+    launcher = kernel_launcher(kernel, layout.grid, args)
+    if launcher is None:
         return
-    # torch 2.11's wrap_triton refuses the interpreter's kernel objects (2.14 passes them
-    # through); they cannot be traced either way.
-    launcher = (kernel if interpreting() else wrap_triton(kernel))[layout.grid]
     options = dict(constexprs, **layout_constexprs(layout, like.dtype), **launch_options(layout))
     with _device_guard(like.device, args):
         if layout.name == "stepwise":

@@ -1,0 +1,310 @@
+"""What the kernels of the layer-normalised LSTM and GRU (layernorm_lstm.py, layernorm_gru.py)
+share: their layout and launch, the recurrent product in chunks, the statistics of a row, the
+backward of the recurrent layer norm, zoneout.
+
+Layout. A layer norm over all units of a row (the G*H recurrent gate values, the H cell
+states) needs the whole row before any unit can go on, so one program owns ``BLOCK_B`` batch
+rows and **all** hidden units of them: grid ``cdiv(B, BLOCK_B)``, no exchange between
+programs, no grid barrier. The program walks its rows' units in chunks (``BLOCK_N`` columns,
+products contracted in ``BLOCK_K`` slices), so the registers it needs do not grow with H.
+Values of a step that a later chunk pass needs (the raw product p, the cell states c') go
+through scratch rows in global memory; the threads of the program see each other's stores
+after a ``tl.debug_barrier()`` (bar.sync orders the CTA's global memory accesses), which
+separates every pass that reads what another one wrote. Loops that read such data are
+``tl.range(..., num_stages=1)``: Triton's pipeliner would otherwise issue their loads ahead of
+the barrier (as cp.async copies).
+
+The recurrent state (h, c; dh, dc in the backward) lives in the gate-maths dtype (fp32, fp64
+for fp64) in those scratch rows from step to step, ping-ponged where a step reads the old
+value after it has started writing the new one; it is cast to the storage dtype once, at the
+end. The recurrent product multiplies the state rounded to w_hh's dtype (the tensor cores'
+operand), as the plain kernels do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from . import _launch
+from ._common import dot, to_compute
+from ._layout import allow_tf32, upcast_dot
+
+#: Integer arguments that change from call to call: not specialised on (see _launch).
+PER_CALL_INTEGERS = ["T", "B"]
+
+#: Zoneout of a state in a call (the KEEP_H / KEEP_C constexprs): none (p = 0, no mask), a
+#: bool mask [T, B, H] (training: True keeps the previous value), or the constant weight p of
+#: the previous value (eval's expectation).
+ZONEOUT_NONE = tl.constexpr(0)
+ZONEOUT_MASK = tl.constexpr(1)
+ZONEOUT_CONSTANT = tl.constexpr(2)
+
+
+def zoneout_kind(mask: Tensor | None, p: float) -> int:
+    if mask is not None:
+        return ZONEOUT_MASK.value
+    return ZONEOUT_CONSTANT.value if p != 0.0 else ZONEOUT_NONE.value
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side: tile sizes, scratch, launch.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    block_b: int      # batch rows per program
+    block_n: int      # columns per chunk (units, or gate values of the flattened G*H row)
+    block_k: int      # contraction slice of the recurrent products
+    num_warps: int
+
+
+#: The most columns of a chunk and of a contraction slice.
+MAX_BLOCK = 64
+
+
+def choose_blocks(B: int, H: int, gates: int) -> Blocks:
+    """Tile sizes of a call.
+
+    BLOCK_B = 16, tl.dot's smallest M: the grid (cdiv(B, 16) programs) is the only
+    parallelism of this layout, so rows are not packed more densely. Chunks and contraction
+    slices are 16 (tl.dot's smallest N and K) to 64 columns: the LSTM's unit chunk holds 4
+    gates' values of a [16, 64] tile at once (8 fp32 registers a thread each at 4 warps), a
+    product slice two [16, 64] / [64, 64] operand tiles, well within 255 registers with fp64
+    too. Larger H only means more chunks, never more registers."""
+    del B
+    narrow = max(16, min(MAX_BLOCK, triton.next_power_of_2(max(H, 1))))
+    return Blocks(block_b=16, block_n=narrow, block_k=narrow, num_warps=4)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return _launch.compute_dtype(dtype)
+
+
+def scalars(like: Tensor, *values: float) -> Tensor:
+    """Float arguments (eps, zoneout probabilities) as a tensor in the gate-maths dtype: a
+    Python float reaches a Triton kernel as fp32, which is not the fp64 op's value."""
+    return torch.tensor(values, dtype=compute_dtype(like.dtype), device=like.device)
+
+
+def state_out(state: Tensor, index: int, dtype: torch.dtype) -> Tensor:
+    """Half ``index`` of a ping-ponged state [2, B, H] as an output of its own (a copy: the
+    outputs of an op must not be views of a buffer)."""
+    return state[index].to(dtype, copy=True)
+
+
+def mask_bytes(mask: Tensor | None, placeholder: Tensor) -> Tensor:
+    """A zoneout mask as the kernels read it: contiguous uint8 (the bool's bytes)."""
+    return placeholder if mask is None else mask.contiguous().view(torch.uint8)
+
+
+def block_constexprs(blocks: Blocks, dtype: torch.dtype) -> dict:
+    return dict(BLOCK_B=blocks.block_b, BLOCK_N=blocks.block_n, BLOCK_K=blocks.block_k,
+                TF32=allow_tf32(dtype), UPCAST=upcast_dot(dtype), FP64=dtype == torch.float64)
+
+
+def launch_row_tiles(kernel, blocks: Blocks, args: tuple, T: int, B: int, H: int, like: Tensor,
+                     constexprs: dict) -> None:
+    """Runs ``kernel`` once over all T steps, one program per tile of BLOCK_B rows."""
+    grid = (triton.cdiv(B, blocks.block_b),)
+    launcher = _launch.kernel_launcher(kernel, grid, args)
+    if launcher is None:
+        return
+    options = dict(constexprs, **block_constexprs(blocks, like.dtype),
+                   num_warps=blocks.num_warps)
+    with _launch._device_guard(like.device, args):
+        launcher(*args, T, B, H, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Device helpers.
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def zeros_rows(BLOCK_B: tl.constexpr, FP64: tl.constexpr):
+    """[BLOCK_B] zeros in the gate-maths dtype: a per-row sum."""
+    if FP64:
+        return tl.zeros([BLOCK_B], dtype=tl.float64)
+    else:
+        return tl.zeros([BLOCK_B], dtype=tl.float32)
+
+
+@triton.jit
+def recurrent_product(
+    h_ptr,          # [B, H] the state h_{t-1} (gate-maths dtype)
+    w_ptr,          # [N, H] w_hh
+    p_ptr,          # [B, N] out: p = h_{t-1} @ w_hh^T (gate-maths dtype)
+    offs_b,         # [BLOCK_B] own rows
+    mask_b,
+    N,              # G*H
+    H,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    TF32: tl.constexpr,
+    UPCAST: tl.constexpr,
+    FP64: tl.constexpr,
+):
+    """Stores p of the own rows, chunk by chunk, and returns its row sums [BLOCK_B]. Columns
+    and rows outside [B, N] are zero (their operands are masked to zero) and never stored."""
+    w_dtype = w_ptr.dtype.element_ty
+    total = zeros_rows(BLOCK_B, FP64)
+    for n0 in tl.range(0, N, BLOCK_N, num_stages=1):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=total.dtype)
+        # num_stages=1: h was written by other threads of the program (see the module doc)
+        for k0 in tl.range(0, H, BLOCK_K, num_stages=1):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < H
+            a = tl.load(h_ptr + offs_b[:, None] * H + offs_k[None, :],
+                        mask=mask_b[:, None] & mask_k[None, :], other=0.0)
+            w = tl.load(w_ptr + offs_n[None, :].to(tl.int64) * H + offs_k[:, None],
+                        mask=mask_k[:, None] & mask_n[None, :], other=0.0)   # [BLOCK_K, BLOCK_N]
+            acc = dot(a.to(w_dtype), w, acc, TF32, UPCAST)
+        tl.store(p_ptr + offs_b[:, None] * N + offs_n[None, :], acc,
+                 mask=mask_b[:, None] & mask_n[None, :])
+        total += tl.sum(acc, axis=1)
+    return total
+
+
+@triton.jit
+def recurrent_gradient(
+    dh,             # [BLOCK_B, BLOCK_N] gradient reaching h of the chunk's units
+    dp_ptr,         # [B, N] gradient of the recurrent product of the step after (gate-maths)
+    w_ptr,          # [N, H] w_hh
+    offs_b,
+    mask_b,
+    offs_j,         # [BLOCK_N] the chunk's units
+    mask_j,
+    add,            # [BLOCK_B, 1] rows that take the product
+    N,
+    H,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    TF32: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """dh + dp @ w_hh[:, units] on the rows of ``add``; the others keep dh (their dp is zero,
+    but zero times a NaN or inf of w_hh would not be)."""
+    w_dtype = w_ptr.dtype.element_ty
+    acc = dh
+    for k0 in tl.range(0, N, BLOCK_K, num_stages=1):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < N
+        a = tl.load(dp_ptr + offs_b[:, None] * N + offs_k[None, :],
+                    mask=mask_b[:, None] & mask_k[None, :], other=0.0)
+        w = tl.load(w_ptr + offs_k[:, None].to(tl.int64) * H + offs_j[None, :],
+                    mask=mask_k[:, None] & mask_j[None, :], other=0.0)       # [BLOCK_K, BLOCK_N]
+        acc = dot(a.to(w_dtype), w, acc, TF32, UPCAST)
+    return tl.where(add, acc, dh)
+
+
+@triton.jit
+def mean_rstd(
+    x_ptr,          # [B, ROW_STRIDE] rows, the normalised values in the first N columns
+    ROW_STRIDE,
+    offs_b,
+    mask_b,
+    total,          # [BLOCK_B] row sums of the N values
+    N,
+    eps,
+    BLOCK_N: tl.constexpr,
+):
+    """Mean and 1 / sqrt(var + eps) of each row (biased variance), the variance from the sum
+    of squared deviations from the mean (a second pass: no cancellation as in E[x^2] - E[x]^2)."""
+    mean = total / N
+    m2 = tl.zeros_like(total)
+    for n0 in tl.range(0, N, BLOCK_N, num_stages=1):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        m = mask_b[:, None] & (offs_n < N)[None, :]
+        x = tl.load(x_ptr + offs_b[:, None] * ROW_STRIDE + offs_n[None, :], mask=m, other=0.0)
+        d = tl.where(m, x - mean[:, None], 0.0)
+        m2 += tl.sum(d * d, axis=1)
+    return mean, 1.0 / tl.sqrt(m2 / N + eps)
+
+
+@triton.jit
+def parameter(ptr, offs_j, mask_j, FP64: tl.constexpr):
+    """[1, BLOCK_N] a per-unit parameter (γ, β) of a chunk's units, in the gate-maths dtype."""
+    return to_compute(tl.load(ptr + offs_j, mask=mask_j, other=0.0), FP64)[None, :]
+
+
+@triton.jit
+def normalised(p_ptrs, m, mean, rstd):
+    """(p - mean) * rstd of a chunk of a row's values ([BLOCK_B, 1] mean and rstd)."""
+    return (tl.load(p_ptrs, mask=m, other=0.0) - mean) * rstd
+
+
+@triton.jit
+def layernorm_backward_rows(
+    dx_hat_ptr,     # [B, N] the gradient of the normalised values x̂ (gate-maths dtype)
+    x_hat_ptr,      # [B, N] x̂ (the saved workspace of the step)
+    dx_ptr,         # [B, N] out: the gradient of x (gate-maths dtype)
+    offs_b,
+    mask_b,
+    real,           # [BLOCK_B] rows whose step is real (the others get zeros)
+    rstd,           # [BLOCK_B]
+    mean_dx_hat,    # [BLOCK_B] mean of dx̂ over the row
+    mean_dot,       # [BLOCK_B] mean of dx̂ x̂ over the row
+    N,
+    BLOCK_N: tl.constexpr,
+):
+    """dx = rstd (dx̂ - mean(dx̂) - x̂ mean(dx̂ x̂)), chunk by chunk."""
+    for n0 in tl.range(0, N, BLOCK_N, num_stages=1):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        m = mask_b[:, None] & (offs_n < N)[None, :]
+        at = offs_b[:, None] * N + offs_n[None, :]
+        dx_hat = tl.load(dx_hat_ptr + at, mask=m, other=0.0)
+        x_hat = tl.load(x_hat_ptr + at, mask=m, other=0.0).to(dx_hat.dtype)
+        dx = rstd[:, None] * (dx_hat - mean_dx_hat[:, None] - x_hat * mean_dot[:, None])
+        tl.store(dx_ptr + at, tl.where(real[:, None], dx, 0.0), mask=m)
+
+
+@triton.jit
+def zoneout_keep(mask_ptrs, m, KIND: tl.constexpr):
+    """Where the units keep their previous value (KIND == ZONEOUT_MASK; otherwise unused)."""
+    if KIND == ZONEOUT_MASK:
+        return tl.load(mask_ptrs, mask=m, other=0) != 0
+    else:
+        return m
+
+
+@triton.jit
+def zoneout(previous, next, keep, p, KIND: tl.constexpr):
+    """The new state: previous where kept (a select, as torch.where: the value dropped cannot
+    make it NaN), p previous + (1 - p) next for the expectation, else next."""
+    if KIND == ZONEOUT_MASK:
+        return tl.where(keep, previous, next)
+    elif KIND == ZONEOUT_CONSTANT:
+        return p * previous + (1.0 - p) * next
+    else:
+        return next
+
+
+@triton.jit
+def zoneout_previous_grad(grad, keep, p, KIND: tl.constexpr):
+    """The part of the new state's gradient that reaches the previous state."""
+    if KIND == ZONEOUT_MASK:
+        return tl.where(keep, grad, 0.0)
+    elif KIND == ZONEOUT_CONSTANT:
+        return p * grad
+    else:
+        return tl.zeros_like(grad)
+
+
+@triton.jit
+def zoneout_next_grad(grad, keep, p, KIND: tl.constexpr):
+    """The part of the new state's gradient that reaches the step's own new value."""
+    if KIND == ZONEOUT_MASK:
+        return tl.where(keep, 0.0, grad)
+    elif KIND == ZONEOUT_CONSTANT:
+        return (1.0 - p) * grad
+    else:
+        return grad
