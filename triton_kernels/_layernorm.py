@@ -64,22 +64,33 @@ class Blocks:
     num_warps: int
 
 
-#: The most columns of a chunk and of a contraction slice.
-MAX_BLOCK = 64
+#: The most columns of a chunk, and of a contraction slice of the recurrent products.
+MAX_BLOCK_N = 32
+MAX_BLOCK_K = 64
 
 
 def choose_blocks(B: int, H: int, gates: int) -> Blocks:
-    """Tile sizes of a call.
+    """Tile sizes of a call (they depend on H only; larger H only means more chunks, never
+    more registers).
 
-    BLOCK_B = 16, tl.dot's smallest M: the grid (cdiv(B, 16) programs) is the only
-    parallelism of this layout, so rows are not packed more densely. Chunks and contraction
-    slices are 16 (tl.dot's smallest N and K) to 64 columns: the LSTM's unit chunk holds 4
-    gates' values of a [16, 64] tile at once (8 fp32 registers a thread each at 4 warps), a
-    product slice two [16, 64] / [64, 64] operand tiles, well within 255 registers with fp64
-    too. Larger H only means more chunks, never more registers."""
-    del B
-    narrow = max(16, min(MAX_BLOCK, triton.next_power_of_2(max(H, 1))))
-    return Blocks(block_b=16, block_n=narrow, block_k=narrow, num_warps=4)
+    BLOCK_B = 16, tl.dot's smallest M: the grid (cdiv(B, 16) programs) is the only parallelism
+    of this layout, so rows are not packed more densely. Chunks of 16 to 32 columns and
+    contraction slices of 16 to 64 (tl.dot's smallest N and K is 16), 8 warps, up to 255
+    registers a thread (launch_options): the sm_90 compilation (compile_check) of the LSTM's
+    kernels, which hold 4 gates' values and their addresses at once, spilled with 64-column
+    chunks (at 4 and at 8 warps) and with 32-column chunks at 4 warps, and uses at most ~220
+    registers in this choice, fp64 included."""
+    del B, gates
+    pow2 = triton.next_power_of_2(max(H, 1))
+    return Blocks(block_b=16, block_n=max(16, min(MAX_BLOCK_N, pow2)),
+                  block_k=max(16, min(MAX_BLOCK_K, pow2)), num_warps=8)
+
+
+def launch_options(blocks: Blocks) -> dict:
+    """Triton's compile and launch options: ``maxnreg=255`` lets ptxas use every register
+    instead of aiming at more programs per SM and spilling (as for the plain kernels,
+    _launch.launch_options)."""
+    return dict(num_warps=blocks.num_warps, maxnreg=255)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -115,8 +126,7 @@ def launch_row_tiles(kernel, blocks: Blocks, args: tuple, T: int, B: int, H: int
     launcher = _launch.kernel_launcher(kernel, grid, args)
     if launcher is None:
         return
-    options = dict(constexprs, **block_constexprs(blocks, like.dtype),
-                   num_warps=blocks.num_warps)
+    options = dict(constexprs, **block_constexprs(blocks, like.dtype), **launch_options(blocks))
     with _launch._device_guard(like.device, args):
         launcher(*args, T, B, H, **options)
 
