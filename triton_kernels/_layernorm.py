@@ -32,7 +32,7 @@ from torch import Tensor
 
 from . import _launch
 from ._common import dot, to_compute
-from ._layout import allow_tf32, upcast_dot
+from ._layout import allow_tf32, interpreting, upcast_dot
 
 #: Integer arguments that change from call to call: not specialised on (see _launch).
 PER_CALL_INTEGERS = ["T", "B"]
@@ -116,7 +116,9 @@ def mask_bytes(mask: Tensor | None, placeholder: Tensor) -> Tensor:
 
 def block_constexprs(blocks: Blocks, dtype: torch.dtype) -> dict:
     return dict(BLOCK_B=blocks.block_b, BLOCK_N=blocks.block_n, BLOCK_K=blocks.block_k,
-                TF32=allow_tf32(dtype), UPCAST=upcast_dot(dtype), FP64=dtype == torch.float64)
+                TF32=allow_tf32(dtype), UPCAST=upcast_dot(dtype),
+                ROUND_BF16=interpreting() and dtype == torch.bfloat16,
+                FP64=dtype == torch.float64)
 
 
 def launch_row_tiles(kernel, blocks: Blocks, args: tuple, T: int, B: int, H: int, like: Tensor,
@@ -146,6 +148,26 @@ def zeros_rows(BLOCK_B: tl.constexpr, FP64: tl.constexpr):
 
 
 @triton.jit
+def to_storage(x, dtype: tl.constexpr, ROUND_BF16: tl.constexpr):
+    """x in a storage dtype (the products' operands, the outputs). ROUND_BF16 (the interpreter
+    with bf16 only): rounds to nearest even by hand first, as a GPU's conversion does; the
+    interpreter's own conversion to bf16 truncates, which biases every stored value."""
+    if ROUND_BF16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        x = (bits & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def store_real(ptrs, value, real, m, ROUND_BF16: tl.constexpr):
+    """Stores value where the step is real (``real``), zero on padded steps, in the pointers'
+    dtype."""
+    tl.store(ptrs, to_storage(tl.where(real, value, 0.0), ptrs.dtype.element_ty, ROUND_BF16),
+             mask=m)
+
+
+@triton.jit
 def recurrent_product(
     h_ptr,          # [B, H] the state h_{t-1} (gate-maths dtype)
     w_ptr,          # [N, H] w_hh
@@ -159,6 +181,7 @@ def recurrent_product(
     BLOCK_K: tl.constexpr,
     TF32: tl.constexpr,
     UPCAST: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
     FP64: tl.constexpr,
 ):
     """Stores p of the own rows, chunk by chunk, and returns its row sums [BLOCK_B]. Columns
@@ -177,7 +200,7 @@ def recurrent_product(
                         mask=mask_b[:, None] & mask_k[None, :], other=0.0)
             w = tl.load(w_ptr + offs_n[None, :].to(tl.int64) * H + offs_k[:, None],
                         mask=mask_k[:, None] & mask_n[None, :], other=0.0)   # [BLOCK_K, BLOCK_N]
-            acc = dot(a.to(w_dtype), w, acc, TF32, UPCAST)
+            acc = dot(to_storage(a, w_dtype, ROUND_BF16), w, acc, TF32, UPCAST)
         tl.store(p_ptr + offs_b[:, None] * N + offs_n[None, :], acc,
                  mask=mask_b[:, None] & mask_n[None, :])
         total += tl.sum(acc, axis=1)
@@ -200,6 +223,7 @@ def recurrent_gradient(
     BLOCK_K: tl.constexpr,
     TF32: tl.constexpr,
     UPCAST: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
 ):
     """dh + dp @ w_hh[:, units] on the rows of ``add``; the others keep dh (their dp is zero,
     but zero times a NaN or inf of w_hh would not be)."""
@@ -208,11 +232,12 @@ def recurrent_gradient(
     for k0 in tl.range(0, N, BLOCK_K, num_stages=1):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < N
+        # (the other rows' dp is not read: at the first position there is none yet)
         a = tl.load(dp_ptr + offs_b[:, None] * N + offs_k[None, :],
-                    mask=mask_b[:, None] & mask_k[None, :], other=0.0)
+                    mask=mask_b[:, None] & mask_k[None, :] & add, other=0.0)
         w = tl.load(w_ptr + offs_k[:, None].to(tl.int64) * H + offs_j[None, :],
                     mask=mask_k[:, None] & mask_j[None, :], other=0.0)       # [BLOCK_K, BLOCK_N]
-        acc = dot(a.to(w_dtype), w, acc, TF32, UPCAST)
+        acc = dot(to_storage(a, w_dtype, ROUND_BF16), w, acc, TF32, UPCAST)
     return tl.where(add, acc, dh)
 
 

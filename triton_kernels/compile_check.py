@@ -281,6 +281,8 @@ def _compile(kernel, dtype: torch.dtype, constexprs: dict, options: dict, arch: 
 
     constexprs = dict(constexprs)
     constexprs["UPCAST"] = False        # a GPU multiplies bf16 itself
+    if "ROUND_BF16" in constexprs:
+        constexprs["ROUND_BF16"] = False    # and rounds to bf16 itself
     constexprs["TF32"] = tf32 and dtype == torch.float32
     types, attrs = _signature(kernel, dtype, constexprs, compute_pointers)
     names = kernel.arg_names

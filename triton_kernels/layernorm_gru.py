@@ -48,6 +48,7 @@ from ._layernorm import (
     recurrent_product,
     scalars,
     state_out,
+    store_real,
     zeros_rows,
     zoneout,
     zoneout_keep,
@@ -96,6 +97,7 @@ def layernorm_gru_forward_kernel(
     BLOCK_K: tl.constexpr,
     TF32: tl.constexpr,
     UPCAST: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
     FP64: tl.constexpr,
 ):
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)     # [BLOCK_B] own rows
@@ -103,7 +105,6 @@ def layernorm_gru_forward_kernel(
     length = row_lengths(lengths_ptr, offs_b, mask_b, T, HAS_LENGTHS)
     eps = tl.load(scalars_ptr)
     p_h = tl.load(scalars_ptr + 1)
-    out_dtype = y_ptr.dtype.element_ty
 
     for s in tl.range(0, T, num_stages=1):
         t = step_time(s, T, REVERSE)
@@ -114,7 +115,7 @@ def layernorm_gru_forward_kernel(
 
         # 1: the recurrent product and its row sums.
         p_sum = recurrent_product(h_prev_ptr, w_ptr, p_ptr, offs_b, mask_b, 3 * H, H, BLOCK_B,
-                                  BLOCK_N, BLOCK_K, TF32, UPCAST, FP64)
+                                  BLOCK_N, BLOCK_K, TF32, UPCAST, ROUND_BF16, FP64)
         tl.debug_barrier()
 
         # 2: its layer norm, the gates, zoneout, the new state.
@@ -147,22 +148,18 @@ def layernorm_gru_forward_kernel(
             # A finished sequence keeps its state and emits zeros.
             h = tl.where(real, zoneout(h_prev, h_new, keep_h, p_h, KEEP_H), h_prev)
             tl.store(h_next_ptr + unit, h, mask=m)
-            tl.store(y_ptr + step_unit, tl.where(real, h, 0.0).to(out_dtype), mask=m)
+            store_real(y_ptr + step_unit, h, real, m, ROUND_BF16)
             if SAVE:
                 # zeros on padded steps
                 ws = t64 * B * (3 * H) + gate_col
-                tl.store(gates_ptr + ws + 0 * H, tl.where(real, r, 0.0).to(out_dtype), mask=m)
-                tl.store(gates_ptr + ws + 1 * H, tl.where(real, z, 0.0).to(out_dtype), mask=m)
-                tl.store(gates_ptr + ws + 2 * H, tl.where(real, n, 0.0).to(out_dtype), mask=m)
-                tl.store(p_hat_ptr + ws + 0 * H, tl.where(real, p_hat_r, 0.0).to(out_dtype),
-                         mask=m)
-                tl.store(p_hat_ptr + ws + 1 * H, tl.where(real, p_hat_z, 0.0).to(out_dtype),
-                         mask=m)
-                tl.store(p_hat_ptr + ws + 2 * H, tl.where(real, p_hat_n, 0.0).to(out_dtype),
-                         mask=m)
+                store_real(gates_ptr + ws + 0 * H, r, real, m, ROUND_BF16)
+                store_real(gates_ptr + ws + 1 * H, z, real, m, ROUND_BF16)
+                store_real(gates_ptr + ws + 2 * H, n, real, m, ROUND_BF16)
+                store_real(p_hat_ptr + ws + 0 * H, p_hat_r, real, m, ROUND_BF16)
+                store_real(p_hat_ptr + ws + 1 * H, p_hat_z, real, m, ROUND_BF16)
+                store_real(p_hat_ptr + ws + 2 * H, p_hat_n, real, m, ROUND_BF16)
         if SAVE:
-            tl.store(rstd_ptr + t64 * B + offs_b, tl.where(t < length, p_rstd, 0.0).to(out_dtype),
-                     mask=mask_b)
+            store_real(rstd_ptr + t64 * B + offs_b, p_rstd, t < length, mask_b, ROUND_BF16)
         # the next step reads h, and overwrites the scratch rows read above
         tl.debug_barrier()
 
@@ -197,6 +194,7 @@ def layernorm_gru_backward_kernel(
     BLOCK_K: tl.constexpr,
     TF32: tl.constexpr,
     UPCAST: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
     FP64: tl.constexpr,
 ):
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -231,7 +229,7 @@ def layernorm_gru_backward_kernel(
             dh = tl.load(dh_in_ptr + unit, mask=m, other=0.0)
             dh = recurrent_gradient(dh, dp_ptr + t_after * B * (3 * H), w_ptr, offs_b, mask_b,
                                     offs_j, mask_j, after, 3 * H, H, BLOCK_B, BLOCK_K, TF32,
-                                    UPCAST)
+                                    UPCAST, ROUND_BF16)
             dh_total = dh
             if HAS_DY:
                 dh_total += to_compute(tl.load(dy_ptr + step_unit, mask=m, other=0.0), FP64)
@@ -290,7 +288,8 @@ def layernorm_gru_backward_kernel(
         unit = offs_b[:, None] * H + offs_j[None, :]
         dh = tl.load(dh_ptr + (T % 2) * B * H + unit, mask=m, other=0.0)
         dh = recurrent_gradient(dh, dp_ptr + t_after * B * (3 * H), w_ptr, offs_b, mask_b,
-                                offs_j, mask_j, after, 3 * H, H, BLOCK_B, BLOCK_K, TF32, UPCAST)
+                                offs_j, mask_j, after, 3 * H, H, BLOCK_B, BLOCK_K, TF32, UPCAST,
+                                ROUND_BF16)
         tl.store(dh_ptr + ((T + 1) % 2) * B * H + unit, dh, mask=m)
 
 
@@ -368,8 +367,9 @@ def layernorm_gru_backward(
         return (y.new_zeros(T, B, 3 * H), y.new_zeros(3 * H, H), y.new_zeros(3 * H),
                 y.new_zeros(3 * H), state_out(dh, 0, y.dtype))
 
-    dgx = y.new_empty((T, B, 3 * H), dtype=cdt)
-    dp = y.new_empty((T, B, 3 * H), dtype=cdt)
+    # every element written by the kernel (NaN first under FUSED_RNN_FILL_UNINITIALIZED=1)
+    dgx = empty_output((T, B, 3 * H), dh)
+    dp = empty_output((T, B, 3 * H), dh)
     placeholder = y.new_empty(1)
     launch_row_tiles(
         layernorm_gru_backward_kernel,

@@ -55,6 +55,8 @@ from ._layernorm import (
     recurrent_product,
     scalars,
     state_out,
+    store_real,
+    to_storage,
     zeros_rows,
     zoneout,
     zoneout_keep,
@@ -99,6 +101,7 @@ def layernorm_lstm_forward_kernel(
     BLOCK_K: tl.constexpr,
     TF32: tl.constexpr,
     UPCAST: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
     FP64: tl.constexpr,
 ):
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)     # [BLOCK_B] own rows
@@ -120,7 +123,7 @@ def layernorm_lstm_forward_kernel(
 
         # 1: the recurrent product and its row sums.
         p_sum = recurrent_product(h_prev_ptr, w_ptr, p_ptr, offs_b, mask_b, 4 * H, H, BLOCK_B,
-                                  BLOCK_N, BLOCK_K, TF32, UPCAST, FP64)
+                                  BLOCK_N, BLOCK_K, TF32, UPCAST, ROUND_BF16, FP64)
         tl.debug_barrier()
 
         # 2: its layer norm, the gates, c'.
@@ -156,18 +159,14 @@ def layernorm_lstm_forward_kernel(
             if SAVE:
                 # zeros on padded steps
                 ws = t64 * B * (4 * H) + gate_col
-                tl.store(gates_ptr + ws + 0 * H, tl.where(real, i, 0.0).to(out_dtype), mask=m)
-                tl.store(gates_ptr + ws + 1 * H, tl.where(real, f, 0.0).to(out_dtype), mask=m)
-                tl.store(gates_ptr + ws + 2 * H, tl.where(real, g, 0.0).to(out_dtype), mask=m)
-                tl.store(gates_ptr + ws + 3 * H, tl.where(real, o, 0.0).to(out_dtype), mask=m)
-                tl.store(p_hat_ptr + ws + 0 * H, tl.where(real, p_hat_i, 0.0).to(out_dtype),
-                         mask=m)
-                tl.store(p_hat_ptr + ws + 1 * H, tl.where(real, p_hat_f, 0.0).to(out_dtype),
-                         mask=m)
-                tl.store(p_hat_ptr + ws + 2 * H, tl.where(real, p_hat_g, 0.0).to(out_dtype),
-                         mask=m)
-                tl.store(p_hat_ptr + ws + 3 * H, tl.where(real, p_hat_o, 0.0).to(out_dtype),
-                         mask=m)
+                store_real(gates_ptr + ws + 0 * H, i, real, m, ROUND_BF16)
+                store_real(gates_ptr + ws + 1 * H, f, real, m, ROUND_BF16)
+                store_real(gates_ptr + ws + 2 * H, g, real, m, ROUND_BF16)
+                store_real(gates_ptr + ws + 3 * H, o, real, m, ROUND_BF16)
+                store_real(p_hat_ptr + ws + 0 * H, p_hat_i, real, m, ROUND_BF16)
+                store_real(p_hat_ptr + ws + 1 * H, p_hat_f, real, m, ROUND_BF16)
+                store_real(p_hat_ptr + ws + 2 * H, p_hat_g, real, m, ROUND_BF16)
+                store_real(p_hat_ptr + ws + 3 * H, p_hat_o, real, m, ROUND_BF16)
         tl.debug_barrier()
 
         # 3: the cell's layer norm, h', zoneout, the new state.
@@ -193,14 +192,15 @@ def layernorm_lstm_forward_kernel(
             c = tl.where(real, zoneout(c_prev, c_new, keep_c, p_c, KEEP_C), c_prev)
             tl.store(h_next_ptr + unit, h, mask=m)
             tl.store(c_next_ptr + unit, c, mask=m)
-            tl.store(y_ptr + step_unit, tl.where(real, h, 0.0).to(out_dtype), mask=m)
+            store_real(y_ptr + step_unit, h, real, m, ROUND_BF16)
             if SAVE:
-                tl.store(c_hat_ptr + step_unit, tl.where(real, c_hat, 0.0).to(out_dtype), mask=m)
-                tl.store(cs_ptr + step_unit, c.to(out_dtype), mask=m)   # the state, also padded
+                store_real(c_hat_ptr + step_unit, c_hat, real, m, ROUND_BF16)
+                # cs keeps the state on padded steps too
+                tl.store(cs_ptr + step_unit, to_storage(c, out_dtype, ROUND_BF16), mask=m)
         if SAVE:
             rstd_row = rstd_ptr + (t64 * B + offs_b) * 2
-            tl.store(rstd_row, tl.where(t < length, p_rstd, 0.0).to(out_dtype), mask=mask_b)
-            tl.store(rstd_row + 1, tl.where(t < length, c_rstd, 0.0).to(out_dtype), mask=mask_b)
+            store_real(rstd_row, p_rstd, t < length, mask_b, ROUND_BF16)
+            store_real(rstd_row + 1, c_rstd, t < length, mask_b, ROUND_BF16)
         # the next step reads h and c, and overwrites the scratch rows read above
         tl.debug_barrier()
 
@@ -240,6 +240,7 @@ def layernorm_lstm_backward_kernel(
     BLOCK_K: tl.constexpr,
     TF32: tl.constexpr,
     UPCAST: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
     FP64: tl.constexpr,
 ):
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -280,7 +281,7 @@ def layernorm_lstm_backward_kernel(
             step_gate = t64 * B * (4 * H) + gate_col
             dh = tl.load(dh_in_ptr + unit, mask=m, other=0.0)
             dh = recurrent_gradient(dh, dp_after_ptr, w_ptr, offs_b, mask_b, offs_j, mask_j,
-                                    after, 4 * H, H, BLOCK_B, BLOCK_K, TF32, UPCAST)
+                                    after, 4 * H, H, BLOCK_B, BLOCK_K, TF32, UPCAST, ROUND_BF16)
             dh_total = dh
             if HAS_DY:
                 dh_total += to_compute(tl.load(dy_ptr + step_unit, mask=m, other=0.0), FP64)
@@ -376,7 +377,8 @@ def layernorm_lstm_backward_kernel(
         unit = offs_b[:, None] * H + offs_j[None, :]
         dh = tl.load(dh_ptr + (T % 2) * B * H + unit, mask=m, other=0.0)
         dh = recurrent_gradient(dh, dp_ptr + t_after * B * (4 * H), w_ptr, offs_b, mask_b,
-                                offs_j, mask_j, after, 4 * H, H, BLOCK_B, BLOCK_K, TF32, UPCAST)
+                                offs_j, mask_j, after, 4 * H, H, BLOCK_B, BLOCK_K, TF32, UPCAST,
+                                ROUND_BF16)
         tl.store(dh_ptr + ((T + 1) % 2) * B * H + unit, dh, mask=m)
 
 
@@ -470,11 +472,13 @@ def layernorm_lstm_backward(
         dc[0].copy_(grad_c_n)
     if T == 0 or B == 0 or H == 0:
         return (y.new_zeros(T, B, 4 * H), y.new_zeros(4 * H, H), y.new_zeros(4 * H),
-                y.new_zeros(H), y.new_zeros(H), state_out(dh, 0, y.dtype), state_out(dc, 0, y.dtype))
+                y.new_zeros(H), y.new_zeros(H), state_out(dh, 0, y.dtype),
+                state_out(dc, 0, y.dtype))
 
-    dgx = y.new_empty((T, B, 4 * H), dtype=cdt)
-    dp = y.new_empty((T, B, 4 * H), dtype=cdt)
-    dn = y.new_empty((T, B, H), dtype=cdt)
+    # every element written by the kernel (NaN first under FUSED_RNN_FILL_UNINITIALIZED=1)
+    dgx = empty_output((T, B, 4 * H), dh)
+    dp = empty_output((T, B, 4 * H), dh)
+    dn = empty_output((T, B, H), dh)
     placeholder = y.new_empty(1)
     launch_row_tiles(
         layernorm_lstm_backward_kernel,
