@@ -213,7 +213,7 @@ def test_gradients_of_final_states_only_and_no_bias(cell):
 
 
 # ---------------------------------------------------------------------------------------------
-# fp32 and bf16
+# fp32, bf16 and fp16
 # ---------------------------------------------------------------------------------------------
 
 
@@ -236,12 +236,13 @@ def test_op_fp32(cell, shape):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_op_bf16(cell):
-    """bf16 storage, fp32 gate maths: against the fp64 reference, within the error bound of
-    fused_rnn.testing (a few times the CPU op's own error in bf16, plus a floor). The kernels
-    round the recurrent products' operands to bf16 every step (the CPU op does not)."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_op_low_precision(cell, dtype):
+    """bf16/fp16 storage, fp32 gate maths: against the fp64 reference, within the error bound
+    of fused_rnn.testing (a few times the CPU op's own error in that dtype, plus a floor). The
+    kernels round the recurrent products' operands to it every step (the CPU op does not)."""
     T, B, H = 4, 3, 12
-    t, masks, probabilities = op_inputs(cell, T, B, H, torch.bfloat16, zoneout="mask")
+    t, masks, probabilities = op_inputs(cell, T, B, H, dtype, zoneout="mask")
     lengths = make_lengths("varied", T, B)
     seeds = output_seeds(T, B, H)
     ours = outputs_and_grads(
@@ -256,11 +257,11 @@ def test_op_bf16(cell):
     exact = outputs_and_grads(
         lambda: run_reference(cell, t64, masks, probabilities, lengths, True), t64, seeds)
     for name, a, c, e in zip(names_of(cell, t), ours, cpu, exact, strict=True):
-        assert a.dtype == torch.bfloat16, name
-        # floor: one bf16 step at the result's scale (the final rounding of a sum may land a
-        # step away where the CPU op's lands next to the exact value)
+        assert a.dtype == dtype, name
+        # floor: one step of the dtype at the result's scale (the final rounding of a sum may
+        # land a step away where the CPU op's lands next to the exact value)
         bound = testing.low_precision_bound(testing.max_abs_error(c, e.cpu()), e,
-                                            floor=torch.finfo(torch.bfloat16).eps)
+                                            floor=torch.finfo(dtype).eps)
         error = testing.max_abs_error(a, e)
         assert error <= bound, f"{name}: error {error:.3e} > bound {bound:.3e}"
 

@@ -1,7 +1,9 @@
 """Triton implementations of the fused_rnn recurrence ops (installed as fused_rnn.triton_kernels).
 
 Importing this package registers ``fused_rnn::{lstm,gru,rnn_tanh,rnn_relu}_{forward,backward}_triton``
-(same schemas, workspaces and autograd as the C++ ops of csrc/ops.cpp). What they support:
+(same schemas, workspaces and autograd as the C++ ops of csrc/ops.cpp) and the layer-normalised
+cells' ``fused_rnn::layernorm_{lstm,gru}_{forward,backward}_triton`` (csrc/layernorm_ops.cpp;
+any H, fp32/fp16/bf16/fp64, lengths, both directions, zoneout). What the plain ones support:
 
 * cells: LSTM (without projection: ``w_hr`` raises NotImplementedError), GRU, RNN tanh/relu;
 * dtypes: float32 (TF32 in the recurrent product only when
