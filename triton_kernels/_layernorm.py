@@ -69,9 +69,9 @@ MAX_BLOCK_N = 32
 MAX_BLOCK_K = 64
 
 
-def choose_blocks(B: int, H: int, gates: int) -> Blocks:
-    """Tile sizes of a call (they depend on H only; larger H only means more chunks, never
-    more registers).
+def choose_blocks(H: int) -> Blocks:
+    """Tile sizes of a call with H hidden units (larger H only means more chunks, never more
+    registers).
 
     BLOCK_B = 16, tl.dot's smallest M: the grid (cdiv(B, 16) programs) is the only parallelism
     of this layout, so rows are not packed more densely. Chunks of 16 to 32 columns and
@@ -80,7 +80,6 @@ def choose_blocks(B: int, H: int, gates: int) -> Blocks:
     kernels, which hold 4 gates' values and their addresses at once, spilled with 64-column
     chunks (at 4 and at 8 warps) and with 32-column chunks at 4 warps, and uses at most ~220
     registers in this choice, fp64 included."""
-    del B, gates
     pow2 = triton.next_power_of_2(max(H, 1))
     return Blocks(block_b=16, block_n=max(16, min(MAX_BLOCK_N, pow2)),
                   block_k=max(16, min(MAX_BLOCK_K, pow2)), num_warps=8)

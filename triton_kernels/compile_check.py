@@ -391,7 +391,7 @@ def _check(cell: str, direction: str, config: Config, arch: int, out) -> bool:
 def _check_layernorm(cell: str, direction: str, config: LayerNormConfig, arch: int,
                      out) -> bool:
     kernels = LAYERNORM_KERNELS[cell]
-    blocks = _layernorm.choose_blocks(config.B, config.H, kernels.gates)
+    blocks = _layernorm.choose_blocks(config.H)
     kernel = kernels.forward if direction == "forward" else kernels.backward
     dtype = _TRITON_TYPES[config.dtype] + ("+tf32" if config.tf32 else "")
     zoneout = {MASK: "mask", CONSTANT: "constant", NO_ZONEOUT: "none"}[config.zoneout]

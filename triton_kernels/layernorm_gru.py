@@ -331,7 +331,7 @@ def layernorm_gru_forward(
     placeholder = gx.new_empty(1)
     launch_row_tiles(
         layernorm_gru_forward_kernel,
-        choose_blocks(B, H, GATES),
+        choose_blocks(H),
         (gx.contiguous(), w_hh.contiguous(), gamma_hh.contiguous(),
          b_hh.contiguous() if b_hh is not None else placeholder,
          mask_bytes(zoneout_h_mask, placeholder), scalars(gx, eps, zoneout_h, 0.0),
@@ -373,7 +373,7 @@ def layernorm_gru_backward(
     placeholder = y.new_empty(1)
     launch_row_tiles(
         layernorm_gru_backward_kernel,
-        choose_blocks(B, H, GATES),
+        choose_blocks(H),
         (grad_y.contiguous() if grad_y is not None else placeholder, w_hh.contiguous(),
          gamma_hh.contiguous(), b_hh.contiguous() if b_hh is not None else placeholder,
          h0.contiguous(), mask_bytes(zoneout_h_mask, placeholder),

@@ -429,7 +429,7 @@ def layernorm_lstm_forward(
     placeholder = gx.new_empty(1)
     launch_row_tiles(
         layernorm_lstm_forward_kernel,
-        choose_blocks(B, H, GATES),
+        choose_blocks(H),
         (gx.contiguous(), w_hh.contiguous(), gamma_hh.contiguous(), gamma_c.contiguous(),
          beta_c.contiguous(), mask_bytes(zoneout_h_mask, placeholder),
          mask_bytes(zoneout_c_mask, placeholder), scalars(gx, eps, zoneout_h, zoneout_c),
@@ -482,7 +482,7 @@ def layernorm_lstm_backward(
     placeholder = y.new_empty(1)
     launch_row_tiles(
         layernorm_lstm_backward_kernel,
-        choose_blocks(B, H, GATES),
+        choose_blocks(H),
         (grad_y.contiguous() if grad_y is not None else placeholder, w_hh.contiguous(),
          gamma_hh.contiguous(), gamma_c.contiguous(), beta_c.contiguous(), c0.contiguous(),
          mask_bytes(zoneout_h_mask, placeholder), mask_bytes(zoneout_c_mask, placeholder),
