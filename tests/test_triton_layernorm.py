@@ -212,6 +212,23 @@ def test_gradients_of_final_states_only_and_no_bias(cell):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_empty_sequence(cell):
+    """T = 0: no output, the initial states come out and their gradients go through."""
+    T, B, H = 0, 2, 5
+    t, masks, probabilities = op_inputs(cell, T, B, H, F64, zoneout="none")
+    seeds = output_seeds(T, B, H)
+    ours = outputs_and_grads(
+        lambda: run_op("_triton", cell, t, masks, probabilities, None, False)[:n_states(cell)],
+        t, seeds)
+    t_cpu = on_cpu(t)
+    theirs = outputs_and_grads(
+        lambda: run_op("", cell, t_cpu, masks, probabilities, None, False)[:n_states(cell)],
+        t_cpu, [s.cpu() for s in seeds])
+    for name, a, b in zip(names_of(cell, t), ours, theirs, strict=True):
+        torch.testing.assert_close(a.cpu(), b, atol=0, rtol=0, msg=name)
+
+
 # ---------------------------------------------------------------------------------------------
 # fp32, bf16 and fp16
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +340,61 @@ def test_backend_cuda_maps_to_triton_and_auto_stays_on_the_reference():
         assert layernorm_functional.resolve("triton", "cpu").name == "triton"
     else:
         assert layernorm_functional.resolve("cuda", DEVICE).name == "triton"
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU only (skipped without one): many programs and chunks, torch.compile
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gpu_many_programs_and_chunks_fp32(cell):
+    """3 programs, H not a multiple of the chunks, 20 steps: the barriers between a program's
+    passes are what keeps it right on a GPU (the interpreter runs a program's threads as one)."""
+    if INTERPRET:
+        pytest.skip("needs a GPU")
+    T, B, H = 20, 40, 300
+    t, masks, probabilities = op_inputs(cell, T, B, H, torch.float32, zoneout="mask")
+    lengths = make_lengths("varied", T, B)
+    seeds = output_seeds(T, B, H)
+    ours = outputs_and_grads(
+        lambda: run_op("_triton", cell, t, masks, probabilities, lengths, True)[:n_states(cell)],
+        t, seeds)
+    t_cpu = on_cpu(t)
+    masks_cpu = {k: None if m is None else m.cpu() for k, m in masks.items()}
+    theirs = outputs_and_grads(
+        lambda: run_op("", cell, t_cpu, masks_cpu, probabilities, lengths, True)[
+            :n_states(cell)], t_cpu, [s.cpu() for s in seeds])
+    for name, a, b in zip(names_of(cell, t), ours, theirs, strict=True):
+        torch.testing.assert_close(a.cpu(), b, atol=1e-4, rtol=1e-3, msg=name)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gpu_torch_compile_fullgraph(cell):
+    """The module with backend="triton" under torch.compile(fullgraph=True), forward and
+    backward, against eager (eval: zoneout's expectation, no random masks)."""
+    if INTERPRET:
+        pytest.skip("needs a GPU")
+    torch.manual_seed(11)
+    cls = fused_rnn.LayerNormLSTM if cell == "lstm" else fused_rnn.LayerNormGRU
+    module = cls(16, 64, num_layers=2, zoneout=0.2, device=DEVICE, dtype=torch.bfloat16,
+                 backend="triton").eval()
+    x = torch.randn(8, 20, 16, device=DEVICE, dtype=torch.bfloat16)
+
+    def value_and_grads(fn):
+        module.zero_grad()
+        inputs = x.clone().requires_grad_()
+        value = fn(inputs)[0].float().square().sum()
+        value.backward()
+        return value.detach(), [inputs.grad] + [p.grad for p in module.parameters()]
+
+    eager_value, eager_grads = value_and_grads(module)
+    compiled_value, compiled_grads = value_and_grads(torch.compile(module, fullgraph=True))
+    torch.testing.assert_close(compiled_value, eager_value, rtol=1e-3, atol=1e-3)
+    for a, b in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
 
 
 # ---------------------------------------------------------------------------------------------
