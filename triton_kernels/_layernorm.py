@@ -78,7 +78,7 @@ def choose_blocks(H: int) -> Blocks:
     contraction slices of 16 to 64 (tl.dot's smallest N and K is 16), 8 warps, up to 255
     registers a thread (launch_options): the sm_90 compilation (compile_check) of the LSTM's
     kernels, which hold 4 gates' values and their addresses at once, spilled with 64-column
-    chunks (at 4 and at 8 warps) and with 32-column chunks at 4 warps, and uses at most ~220
+    chunks (at 4 and at 8 warps) and with 32-column chunks at 4 warps, and uses at most ~235
     registers in this choice, fp64 included."""
     pow2 = triton.next_power_of_2(max(H, 1))
     return Blocks(block_b=16, block_n=max(16, min(MAX_BLOCK_N, pow2)),
@@ -92,14 +92,10 @@ def launch_options(blocks: Blocks) -> dict:
     return dict(num_warps=blocks.num_warps, maxnreg=255)
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return _launch.compute_dtype(dtype)
-
-
 def scalars(like: Tensor, *values: float) -> Tensor:
     """Float arguments (eps, zoneout probabilities) as a tensor in the gate-maths dtype: a
     Python float reaches a Triton kernel as fp32, which is not the fp64 op's value."""
-    return torch.tensor(values, dtype=compute_dtype(like.dtype), device=like.device)
+    return torch.tensor(values, dtype=_launch.compute_dtype(like.dtype), device=like.device)
 
 
 def state_out(state: Tensor, index: int, dtype: torch.dtype) -> Tensor:

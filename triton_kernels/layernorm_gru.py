@@ -33,11 +33,10 @@ from ._common import (
     tanh,
     to_compute,
 )
-from ._launch import empty_output, kernel_lengths
+from ._launch import compute_dtype, empty_output, kernel_lengths
 from ._layernorm import (
     PER_CALL_INTEGERS,
     choose_blocks,
-    compute_dtype,
     launch_row_tiles,
     layernorm_backward_rows,
     mask_bytes,
