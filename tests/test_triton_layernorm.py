@@ -125,10 +125,12 @@ def names_of(cell, t):
 # The ops against the CPU ops and the reference, fp64
 # ---------------------------------------------------------------------------------------------
 
-# (T, B, H, lengths, reverse, zoneout): every option both ways at small odd sizes, and H = 70
-# (several chunks in every pass) with lengths, zoneout masks and each direction.
+# (T, B, H, lengths, reverse, zoneout): every option both ways at small odd sizes, B = 20 (two
+# programs, the second one's tile part padding), and H = 70 (several chunks in every pass) with
+# lengths, zoneout masks and each direction.
 FP64_CASES = [
     (5, 3, 7, "none", False, "none"),
+    (3, 20, 5, "varied", True, "mask"),
     (5, 3, 7, "varied", False, "mask"),
     (5, 3, 7, "varied", True, "mask"),
     (5, 3, 7, "none", True, "expectation"),
@@ -300,7 +302,7 @@ def _perturbed(module):
 @pytest.mark.parametrize("cell, options, training", [
     ("lstm", dict(num_layers=2, bidirectional=True, zoneout=0.25, zoneout_cell=0.15), True),
     ("lstm", dict(zoneout=0.25, zoneout_cell=0.15, eps=1e-3), False),
-    ("gru", dict(num_layers=2, bidirectional=True, zoneout=0.25), True),
+    ("gru", dict(num_layers=2, bidirectional=True, batch_first=True, zoneout=0.25), True),
     ("gru", dict(bias=False, zoneout=0.3), False),
 ])
 def test_module_triton_backend_matches_cpu(cell, options, training):
@@ -311,6 +313,8 @@ def test_module_triton_backend_matches_cpu(cell, options, training):
     module = cls(I, H, dtype=F64, device=DEVICE, backend="triton", **options).train(training)
     module.load_state_dict(cpu_module.state_dict())
     x = torch.randn(T, B, I, dtype=F64)
+    if options.get("batch_first"):
+        x = x.transpose(0, 1).contiguous()
     lengths = make_lengths("varied", T, B)
     results = []
     for layer, device in ((module, DEVICE), (cpu_module, torch.device("cpu"))):
