@@ -27,6 +27,7 @@ import fused_rnn  # noqa: E402
 import fused_rnn.triton_kernels  # noqa: E402,F401  (registers the ops)
 from fused_rnn import reference, testing  # noqa: E402
 from fused_rnn.triton_kernels import _layernorm  # noqa: E402
+from helpers import assert_compile_check_types_pointers_as_launched  # noqa: E402
 
 DEVICE = torch.device("cpu" if INTERPRET else "cuda")
 OPS = torch.ops.fused_rnn
@@ -484,3 +485,20 @@ def test_tile_sizes_do_not_grow_with_h():
     small, large = _layernorm.choose_blocks(7), _layernorm.choose_blocks(4096)
     assert (small.block_b, small.block_n, small.block_k) == (16, 16, 16)
     assert (large.block_b, large.block_n, large.block_k) == (16, 32, 64)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=["bf16", "fp64"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_compile_check_types_pointers_as_launched(cell, dtype, monkeypatch):
+    """The kernels compile_check compiles take the pointer types the launches pass (states,
+    scratch rows and per-step gradients in the gate-maths dtype, zoneout masks as bytes)."""
+    T, B, H = 3, 2, 16
+
+    def run():
+        t, masks, probabilities = op_inputs(cell, T, B, H, dtype, zoneout="mask")
+        y, h_n, *rest = run_op("_triton", cell, t, masks, probabilities,
+                               make_lengths("varied", T, B), False)
+        leaves = [v for v in t.values() if v is not None]
+        torch.autograd.grad([y, h_n], leaves, [torch.ones_like(y), torch.ones_like(h_n)])
+
+    assert_compile_check_types_pointers_as_launched(monkeypatch, run, dtype)

@@ -85,10 +85,10 @@ def exchange_buffer(layout: Layout, width: int, like: Tensor) -> Tensor:
 
 def barrier_words(layout: Layout, like: Tensor) -> Tensor:
     """The grid barrier's int32 words, zero at the start: one arrival counter per batch tile,
-    then one status word that a timed-out barrier sets (see _barrier.py)."""
-    if layout.sync == SYNC_GRID:
-        return torch.zeros(layout.n_batch_tiles + 1, dtype=torch.int32, device=like.device)
-    return like.new_empty(1)
+    then one status word that a timed-out barrier sets (see _barrier.py). Without a grid
+    barrier a placeholder, int32 as well: the kernel is then the one compile_check compiled."""
+    words = layout.n_batch_tiles + 1 if layout.sync == SYNC_GRID else 1
+    return torch.zeros(words, dtype=torch.int32, device=like.device)
 
 
 def layout_constexprs(layout: Layout, dtype: torch.dtype) -> dict:

@@ -57,11 +57,12 @@ _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "
 #: Pointer arguments whose element type is not the storage dtype.
 _POINTER_TYPES = {"lengths_ptr": "i64", "counter_ptr": "i32", "mask_h_ptr": "u8",
                   "mask_c_ptr": "u8"}
-#: ... and those in the gate-maths dtype (fp32, fp64 for fp64) in the layer-normalised
-#: kernels: states, scratch rows, per-step gradient buffers.
-_LAYERNORM_COMPUTE_POINTERS = frozenset({
-    "scalars_ptr", "h_ptr", "c_ptr", "p_ptr", "cell_ptr", "dgx_ptr", "dp_ptr", "dn_ptr",
-    "dp_hat_ptr", "dh_ptr", "dc_ptr"})
+#: ... and those in the gate-maths dtype (fp32, fp64 for fp64): the plain kernels' recurrent
+#: states (h, c; dh, dc: _launch.state_buffer, never rounded to fp16/bf16 between steps) ...
+_STATE_POINTERS = frozenset({"h_ptr", "c_ptr", "dh_ptr", "dc_ptr"})
+#: ... and in the layer-normalised kernels the states, scratch rows, per-step gradient buffers.
+_LAYERNORM_COMPUTE_POINTERS = _STATE_POINTERS | frozenset({
+    "scalars_ptr", "p_ptr", "cell_ptr", "dgx_ptr", "dp_ptr", "dn_ptr", "dp_hat_ptr"})
 _LAYOUT_VARIABLES = ("LAYOUT", "WEIGHTS", "BLOCK_H", "BLOCK_B", "BLOCK_K")
 
 
@@ -239,9 +240,16 @@ LAYERNORM_TABLES = {"full": LAYERNORM_FULL, "layouts": LAYERNORM_LAYOUTS,
                     "quick": LAYERNORM_QUICK}
 
 
-def _signature(kernel, dtype: torch.dtype, constexprs: dict,
-               compute_pointers=frozenset()) -> tuple[dict, dict]:
+def _compute_pointers(kernel) -> frozenset:
+    """The pointer arguments of ``kernel`` that its launcher passes in the gate-maths dtype."""
+    layernorm = any(kernel in (k.forward, k.backward) for k in LAYERNORM_KERNELS.values())
+    return _LAYERNORM_COMPUTE_POINTERS if layernorm else _STATE_POINTERS
+
+
+def _signature(kernel, dtype: torch.dtype, constexprs: dict) -> tuple[dict, dict]:
+    """Triton's signature of ``kernel`` as its launcher calls it with ``dtype`` storage."""
     types, attrs = {}, {}
+    compute_pointers = _compute_pointers(kernel)
     for index, name in enumerate(kernel.arg_names):
         if name in constexprs:
             types[name] = "constexpr"
@@ -273,7 +281,7 @@ def compile_kernel(kernel, layout: _layout.Layout, dtype: torch.dtype, constexpr
 
 
 def _compile(kernel, dtype: torch.dtype, constexprs: dict, options: dict, arch: int,
-             tf32: bool, compute_pointers=frozenset()) -> dict:
+             tf32: bool) -> dict:
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -284,7 +292,7 @@ def _compile(kernel, dtype: torch.dtype, constexprs: dict, options: dict, arch: 
     if "ROUND_BF16" in constexprs:
         constexprs["ROUND_BF16"] = False    # and rounds to bf16 itself
     constexprs["TF32"] = tf32 and dtype == torch.float32
-    types, attrs = _signature(kernel, dtype, constexprs, compute_pointers)
+    types, attrs = _signature(kernel, dtype, constexprs)
     names = kernel.arg_names
     source = ASTSource(fn=kernel, signature=types, attrs=attrs,
                        constexprs={(names.index(k),): v for k, v in constexprs.items()})
@@ -404,7 +412,7 @@ def _check_layernorm(cell: str, direction: str, config: LayerNormConfig, arch: i
     start = time.time()
     try:
         r = _compile(kernel, config.dtype, constexprs, _layernorm.launch_options(blocks), arch,
-                     config.tf32, _LAYERNORM_COMPUTE_POINTERS)
+                     config.tf32)
     except Exception as error:  # noqa: BLE001 (reported, then failed)
         message = str(error).strip().splitlines()
         print(f"{label}: FAILED {type(error).__name__}: {message[-1] if message else ''}",
