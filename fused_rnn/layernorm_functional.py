@@ -120,7 +120,7 @@ def _triton_unavailable_reason(device: torch.device) -> str | None:
     if not module.is_available(device):
         return f"its kernels do not run on {device.type} tensors"
     if not hasattr(torch.ops.fused_rnn, "layernorm_lstm_forward_triton"):
-        return "there are no Triton kernels for the layer-normalised cells yet"
+        return "the Triton ops of the layer-normalised cells are not registered"
     if "triton" not in _BUILT:
         _BUILT["triton"] = _op_backend("triton", "_triton")
     return None

@@ -74,3 +74,35 @@ def assert_same_nonfinite(ours, theirs, label, *, atol=1e-4, rtol=1e-3):
         finite = torch.isfinite(b)
         torch.testing.assert_close(a[finite], b[finite], atol=atol, rtol=rtol,
                                    msg=lambda m: f"{label}, tensor #{index}: {m}")
+
+
+#: Triton's pointer element type of each torch dtype a launcher passes.
+_TRITON_POINTER_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+                         torch.float64: "fp64", torch.int64: "i64", torch.int32: "i32",
+                         torch.uint8: "u8"}
+
+
+def assert_compile_check_types_pointers_as_launched(monkeypatch, run, dtype):
+    """Runs ``run`` (Triton op calls with ``dtype`` storage) with every kernel launch recorded
+    instead of made, and checks that compile_check compiles each launched kernel with the
+    pointer types its launch passes: a kernel compiled with other types is not the one a GPU
+    runs (its loads and stores, registers and spills differ)."""
+    from fused_rnn.triton_kernels import _launch, compile_check
+
+    launches = []
+
+    def record(kernel, grid, args):
+        launches.append((kernel, args))
+        return lambda *rest, **options: None
+
+    monkeypatch.setattr(_launch, "kernel_launcher", record)
+    run()
+    assert launches, "no kernel was launched"
+    for kernel, args in launches:
+        types, _ = compile_check._signature(kernel, dtype, {})
+        for name, arg in zip(kernel.arg_names, args):
+            if name.endswith("_ptr"):
+                launched = "*" + _TRITON_POINTER_TYPES[arg.dtype]
+                assert types[name] == launched, (
+                    f"{kernel.__name__}: compile_check types {name} as {types[name]}, the "
+                    f"launch passes {launched}")

@@ -32,6 +32,7 @@ import fused_rnn  # noqa: E402
 import fused_rnn.triton_kernels as triton_kernels  # noqa: E402
 from fused_rnn import reference  # noqa: E402
 from fused_rnn.triton_kernels import _layout  # noqa: E402
+from helpers import assert_compile_check_types_pointers_as_launched  # noqa: E402
 
 DEVICE = torch.device("cpu" if INTERPRET else "cuda")
 OPS = torch.ops.fused_rnn
@@ -779,6 +780,23 @@ def test_gpu_torch_compile_fullgraph(cell, layout, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # Compilation for the GPU, without a GPU.
 # ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=["bf16", "fp64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_compile_check_types_pointers_as_launched(cell, dtype, monkeypatch):
+    """The kernels compile_check compiles take the pointer types the launches pass (the states
+    are in the gate-maths dtype, not the storage dtype), in every layout's launch."""
+    T, B, H = 3, 2, 16
+
+    def run():
+        inputs = make_inputs(cell, T, B, H, dtype)
+        outputs = triton_call(cell, inputs, lengths_for("cpu", T, B), False)
+        torch.autograd.grad(outputs, list(inputs.values()), [torch.ones_like(o) for o in outputs])
+
+    for layout in ("single", "stepwise"):
+        force_layout(monkeypatch, layout=layout)
+        assert_compile_check_types_pointers_as_launched(monkeypatch, run, dtype)
 
 
 def test_kernels_compile_for_sm90():

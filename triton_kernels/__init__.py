@@ -1,7 +1,9 @@
 """Triton implementations of the fused_rnn recurrence ops (installed as fused_rnn.triton_kernels).
 
 Importing this package registers ``fused_rnn::{lstm,gru,rnn_tanh,rnn_relu}_{forward,backward}_triton``
-(same schemas, workspaces and autograd as the C++ ops of csrc/ops.cpp). What they support:
+(same schemas, workspaces and autograd as the C++ ops of csrc/ops.cpp) and the layer-normalised
+cells' ``fused_rnn::layernorm_{lstm,gru}_{forward,backward}_triton`` (csrc/layernorm_ops.cpp;
+any H, fp32/fp16/bf16/fp64, lengths, both directions, zoneout). What the plain ones support:
 
 * cells: LSTM (without projection: ``w_hr`` raises NotImplementedError), GRU, RNN tanh/relu;
 * dtypes: float32 (TF32 in the recurrent product only when
@@ -31,7 +33,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _TRITON_FOUND = importlib.util.find_spec("triton") is not None
 
 if _TRITON_FOUND:
-    from . import ops  # noqa: F401  (registers the ops)
+    from . import layernorm_ops, ops  # noqa: F401  (register the ops)
 
 
 def _interpreting() -> bool:

@@ -85,10 +85,10 @@ def exchange_buffer(layout: Layout, width: int, like: Tensor) -> Tensor:
 
 def barrier_words(layout: Layout, like: Tensor) -> Tensor:
     """The grid barrier's int32 words, zero at the start: one arrival counter per batch tile,
-    then one status word that a timed-out barrier sets (see _barrier.py)."""
-    if layout.sync == SYNC_GRID:
-        return torch.zeros(layout.n_batch_tiles + 1, dtype=torch.int32, device=like.device)
-    return like.new_empty(1)
+    then one status word that a timed-out barrier sets (see _barrier.py). Without a grid
+    barrier a placeholder, int32 as well: the kernel is then the one compile_check compiled."""
+    words = layout.n_batch_tiles + 1 if layout.sync == SYNC_GRID else 1
+    return torch.zeros(words, dtype=torch.int32, device=like.device)
 
 
 def layout_constexprs(layout: Layout, dtype: torch.dtype) -> dict:
@@ -173,6 +173,24 @@ def _check_barrier_status(layout: Layout, barrier: Tensor) -> None:
         )
 
 
+def kernel_launcher(kernel, grid: tuple, args: tuple):
+    """``kernel[grid]``, traceable by torch.compile, or None where there is nothing to run."""
+    if interpreting() and any(isinstance(a, Tensor) and is_fake(a) for a in args):
+        # Under the interpreter wrap_triton hands the kernel back unwrapped (an interpreted
+        # kernel cannot be traced), so fake tensors (shape propagation: opcheck, meta) would
+        # reach it. The outputs' shapes are all there is to compute then, unless a graph is
+        # being captured, which would then silently lack the kernels.
+        if _capturing_graph():
+            raise RuntimeError(
+                "fused_rnn triton ops cannot be compiled under TRITON_INTERPRET=1 (interpreted "
+                "kernels are invisible to torch.compile); compile on a GPU"
+            )
+        return None
+    # torch 2.11's wrap_triton refuses the interpreter's kernel objects (2.14 passes them
+    # through); they cannot be traced either way.
+    return (kernel if interpreting() else wrap_triton(kernel))[grid]
+
+
 def launch_recurrence(
     kernel,
     layout: Layout,
@@ -188,20 +206,9 @@ def launch_recurrence(
     """Runs ``kernel`` over all T steps in ``layout``; ``args`` are the arguments up to and
     including the barrier words (the last), ``like`` a tensor of the call (storage dtype and
     device), ``constexprs`` the cell's own."""
-    if interpreting() and any(isinstance(a, Tensor) and is_fake(a) for a in args):
-        # Under the interpreter wrap_triton hands the kernel back unwrapped (an interpreted
-        # kernel cannot be traced), so fake tensors (shape propagation: opcheck, meta) would
-        # reach it. The outputs' shapes are all there is to compute then, unless a graph is
-        # being captured, which would then silently lack the kernels.
-        if _capturing_graph():
-            raise RuntimeError(
-                "fused_rnn triton ops cannot be compiled under TRITON_INTERPRET=1 (interpreted "
-                "kernels are invisible to torch.compile); compile on a GPU"
-            )
+    launcher = kernel_launcher(kernel, layout.grid, args)
+    if launcher is None:
         return
-    # torch 2.11's wrap_triton refuses the interpreter's kernel objects (2.14 passes them
-    # through); they cannot be traced either way.
-    launcher = (kernel if interpreting() else wrap_triton(kernel))[layout.grid]
     options = dict(constexprs, **layout_constexprs(layout, like.dtype), **launch_options(layout))
     with _device_guard(like.device, args):
         if layout.name == "stepwise":
