@@ -31,7 +31,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _launch
-from ._common import dot, to_compute
+from ._common import after_step_is_real, dot, step_time, to_compute
 from ._layout import allow_tf32, interpreting, upcast_dot
 
 #: Integer arguments that change from call to call: not specialised on (see _launch).
@@ -234,6 +234,50 @@ def recurrent_gradient(
                     mask=mask_k[:, None] & mask_j[None, :], other=0.0)       # [BLOCK_K, BLOCK_N]
         acc = dot(to_storage(a, w_dtype, ROUND_BF16), w, acc, TF32, UPCAST)
     return tl.where(add, acc, dh)
+
+
+@triton.jit
+def step_after(r, T, length, REVERSE: tl.constexpr):
+    """Of the backward's position r (it runs the steps in reverse): whether the step processed
+    at r - 1, the one after in the recurrence, is real on each row [BLOCK_B], and its time index
+    (clamped into [0, T): a valid address, read only where real)."""
+    after = after_step_is_real(r, T, length, REVERSE)
+    t_after = tl.minimum(tl.maximum(step_time(T - r, T, REVERSE), 0), T - 1).to(tl.int64)
+    return after, t_after
+
+
+@triton.jit
+def initial_state_gradient(
+    dh_ptr,         # [2, B, H] the ping-ponged dh: read at [T % 2], grad_h0 written at [(T + 1) % 2]
+    dp_ptr,         # [T, B, N] dp of every step (gate-maths dtype)
+    w_ptr,          # [N, H] w_hh
+    offs_b,
+    mask_b,
+    length,         # [BLOCK_B]
+    T,
+    B,
+    N,
+    H,
+    REVERSE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    TF32: tl.constexpr,
+    UPCAST: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
+):
+    """After the last position: the recurrent part of each row's first real step's gradients
+    reaches h0 (rows of no real step keep dh)."""
+    after, t_after = step_after(T, T, length, REVERSE)
+    for j0 in tl.range(0, H, BLOCK_N, num_stages=1):
+        offs_j = j0 + tl.arange(0, BLOCK_N)
+        mask_j = offs_j < H
+        m = mask_b[:, None] & mask_j[None, :]
+        unit = offs_b[:, None] * H + offs_j[None, :]
+        dh = tl.load(dh_ptr + (T % 2) * B * H + unit, mask=m, other=0.0)
+        dh = recurrent_gradient(dh, dp_ptr + t_after * B * N, w_ptr, offs_b, mask_b, offs_j,
+                                mask_j, after, N, H, BLOCK_B, BLOCK_K, TF32, UPCAST, ROUND_BF16)
+        tl.store(dh_ptr + ((T + 1) % 2) * B * H + unit, dh, mask=m)
 
 
 @triton.jit

@@ -24,7 +24,6 @@ from torch import Tensor
 
 from . import _checks, _layernorm_checks
 from ._common import (
-    after_step_is_real,
     is_first_step,
     prev_time,
     row_lengths,
@@ -37,6 +36,7 @@ from ._launch import compute_dtype, empty_output, kernel_lengths
 from ._layernorm import (
     PER_CALL_INTEGERS,
     choose_blocks,
+    initial_state_gradient,
     launch_row_tiles,
     layernorm_backward_rows,
     mask_bytes,
@@ -47,6 +47,7 @@ from ._layernorm import (
     recurrent_product,
     scalars,
     state_out,
+    step_after,
     store_real,
     zeros_rows,
     zoneout,
@@ -209,8 +210,7 @@ def layernorm_gru_backward_kernel(
         # y_{t-1} of the rows whose step t is not their first (clamped: a valid address)
         prev_t = tl.minimum(tl.maximum(prev_time(t, REVERSE), 0), T - 1).to(tl.int64)
         # dp of the step processed at r - 1 (the step after t), on the rows where it is real
-        after = after_step_is_real(r, T, length, REVERSE)
-        t_after = tl.minimum(tl.maximum(step_time(T - r, T, REVERSE), 0), T - 1).to(tl.int64)
+        after, t_after = step_after(r, T, length, REVERSE)
         dh_in_ptr = dh_ptr + (r % 2) * B * H
         dh_out_ptr = dh_ptr + ((r + 1) % 2) * B * H
 
@@ -277,19 +277,8 @@ def layernorm_gru_backward_kernel(
         # the next position reads dp and dh, and overwrites the scratch rows read above
         tl.debug_barrier()
 
-    # The recurrent part of the first step's gradients reaches h0.
-    after = after_step_is_real(T, T, length, REVERSE)
-    t_after = tl.minimum(tl.maximum(step_time(0, T, REVERSE), 0), T - 1).to(tl.int64)
-    for j0 in tl.range(0, H, BLOCK_N, num_stages=1):
-        offs_j = j0 + tl.arange(0, BLOCK_N)
-        mask_j = offs_j < H
-        m = mask_b[:, None] & mask_j[None, :]
-        unit = offs_b[:, None] * H + offs_j[None, :]
-        dh = tl.load(dh_ptr + (T % 2) * B * H + unit, mask=m, other=0.0)
-        dh = recurrent_gradient(dh, dp_ptr + t_after * B * (3 * H), w_ptr, offs_b, mask_b,
-                                offs_j, mask_j, after, 3 * H, H, BLOCK_B, BLOCK_K, TF32, UPCAST,
-                                ROUND_BF16)
-        tl.store(dh_ptr + ((T + 1) % 2) * B * H + unit, dh, mask=m)
+    initial_state_gradient(dh_ptr, dp_ptr, w_ptr, offs_b, mask_b, length, T, B, 3 * H, H,
+                           REVERSE, BLOCK_B, BLOCK_N, BLOCK_K, TF32, UPCAST, ROUND_BF16)
 
 
 # ---------------------------------------------------------------------------------------------
