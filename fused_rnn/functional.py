@@ -253,11 +253,11 @@ def _stack(
         c0 = c0.to(dtype) if c0 is not None else None
         weights = [[w.to(dtype) if w is not None else None for w in layer] for layer in weights]
 
+    training_call = _stack_records_gradients(x, h0, c0, weights)
     if backend == "auto":
         # the raw facts describe_stack's Call is made of: auto's memo key, cheaper to build
         signature = (cell, x.dtype, x.shape, w_hh0.shape, w_hr0 is not None, len(weights),
-                     num_directions, lengths is None,
-                     _stack_records_gradients(x, h0, c0, weights))
+                     num_directions, lengths is None, training_call)
         name = backends.auto_name(
             x.device, signature,
             lambda: describe_stack(cell, x, h0, c0, weights, num_directions, lengths))
@@ -270,7 +270,7 @@ def _stack(
         return (output.transpose(0, 1) if batch_first else output), h_n, c_n
     impl = backends.implementation(name)
     if T == 1 and len(weights) == 1 and lengths is None and impl.step is not None \
-            and w_hr0 is None and not _stack_records_gradients(x, h0, c0, weights):
+            and w_hr0 is None and not training_call:
         # One inference step of one layer (streaming, RL): the cell's one-op step, where the
         # layer path makes two ops (projection, recurrence) and most of the call is around them.
         # (In training the layer path's backward is the faster.)
