@@ -112,6 +112,18 @@ def on_cpu(t):
     return {k: None if v is None else v.detach().cpu().requires_grad_() for k, v in t.items()}
 
 
+def op_outputs_and_grads(suffix, cell, t, masks, probabilities, lengths, reverse, seeds):
+    """outputs_and_grads of the forward op ``suffix`` ("_triton", or "" for the CPU op, which
+    runs on a CPU copy of the inputs)."""
+    if suffix == "":
+        t = on_cpu(t)
+        masks = {k: None if m is None else m.cpu() for k, m in masks.items()}
+        seeds = [s.cpu() for s in seeds]
+    return outputs_and_grads(
+        lambda: run_op(suffix, cell, t, masks, probabilities, lengths, reverse)[:n_states(cell)],
+        t, seeds)
+
+
 def output_seeds(T, B, H):
     gen = torch.Generator().manual_seed(1)
     return [torch.randn(T, B, H, dtype=F64, generator=gen).to(DEVICE)] + [
@@ -149,16 +161,10 @@ def test_op_matches_cpu_op_and_reference_fp64(cell, case):
     t, masks, probabilities = op_inputs(cell, T, B, H, F64, zoneout=zoneout)
     lengths = make_lengths(lengths_kind, T, B)
     seeds = output_seeds(T, B, H)
-    ours = outputs_and_grads(
-        lambda: run_op("_triton", cell, t, masks, probabilities, lengths, reverse)[:n_states(cell)],
-        t, seeds)
+    ours = op_outputs_and_grads("_triton", cell, t, masks, probabilities, lengths, reverse, seeds)
     theirs = outputs_and_grads(
         lambda: run_reference(cell, t, masks, probabilities, lengths, reverse), t, seeds)
-    t_cpu = on_cpu(t)
-    masks_cpu = {k: None if m is None else m.cpu() for k, m in masks.items()}
-    cpu = outputs_and_grads(
-        lambda: run_op("", cell, t_cpu, masks_cpu, probabilities, lengths, reverse)[
-            :n_states(cell)], t_cpu, [s.cpu() for s in seeds])
+    cpu = op_outputs_and_grads("", cell, t, masks, probabilities, lengths, reverse, seeds)
     for name, a, b, c in zip(names_of(cell, t), ours, theirs, cpu, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=f"{name} vs reference")
         torch.testing.assert_close(a.cpu(), c, atol=1e-10, rtol=1e-10, msg=f"{name} vs CPU op")
@@ -221,13 +227,8 @@ def test_empty_sequence(cell):
     T, B, H = 0, 2, 5
     t, masks, probabilities = op_inputs(cell, T, B, H, F64, zoneout="none")
     seeds = output_seeds(T, B, H)
-    ours = outputs_and_grads(
-        lambda: run_op("_triton", cell, t, masks, probabilities, None, False)[:n_states(cell)],
-        t, seeds)
-    t_cpu = on_cpu(t)
-    theirs = outputs_and_grads(
-        lambda: run_op("", cell, t_cpu, masks, probabilities, None, False)[:n_states(cell)],
-        t_cpu, [s.cpu() for s in seeds])
+    ours = op_outputs_and_grads("_triton", cell, t, masks, probabilities, None, False, seeds)
+    theirs = op_outputs_and_grads("", cell, t, masks, probabilities, None, False, seeds)
     for name, a, b in zip(names_of(cell, t), ours, theirs, strict=True):
         torch.testing.assert_close(a.cpu(), b, atol=0, rtol=0, msg=name)
 
@@ -265,14 +266,8 @@ def test_op_low_precision(cell, dtype):
     t, masks, probabilities = op_inputs(cell, T, B, H, dtype, zoneout="mask")
     lengths = make_lengths("varied", T, B)
     seeds = output_seeds(T, B, H)
-    ours = outputs_and_grads(
-        lambda: run_op("_triton", cell, t, masks, probabilities, lengths, True)[:n_states(cell)],
-        t, seeds)
-    t_cpu = on_cpu(t)
-    masks_cpu = {k: None if m is None else m.cpu() for k, m in masks.items()}
-    cpu = outputs_and_grads(
-        lambda: run_op("", cell, t_cpu, masks_cpu, probabilities, lengths, True)[
-            :n_states(cell)], t_cpu, [s.cpu() for s in seeds])
+    ours = op_outputs_and_grads("_triton", cell, t, masks, probabilities, lengths, True, seeds)
+    cpu = op_outputs_and_grads("", cell, t, masks, probabilities, lengths, True, seeds)
     t64 = as_fp64(t)
     exact = outputs_and_grads(
         lambda: run_reference(cell, t64, masks, probabilities, lengths, True), t64, seeds)
@@ -363,14 +358,8 @@ def test_gpu_many_programs_and_chunks_fp32(cell):
     t, masks, probabilities = op_inputs(cell, T, B, H, torch.float32, zoneout="mask")
     lengths = make_lengths("varied", T, B)
     seeds = output_seeds(T, B, H)
-    ours = outputs_and_grads(
-        lambda: run_op("_triton", cell, t, masks, probabilities, lengths, True)[:n_states(cell)],
-        t, seeds)
-    t_cpu = on_cpu(t)
-    masks_cpu = {k: None if m is None else m.cpu() for k, m in masks.items()}
-    theirs = outputs_and_grads(
-        lambda: run_op("", cell, t_cpu, masks_cpu, probabilities, lengths, True)[
-            :n_states(cell)], t_cpu, [s.cpu() for s in seeds])
+    ours = op_outputs_and_grads("_triton", cell, t, masks, probabilities, lengths, True, seeds)
+    theirs = op_outputs_and_grads("", cell, t, masks, probabilities, lengths, True, seeds)
     for name, a, b in zip(names_of(cell, t), ours, theirs, strict=True):
         torch.testing.assert_close(a.cpu(), b, atol=1e-4, rtol=1e-3, msg=name)
 
