@@ -17,11 +17,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_model()} (CPU)"
-
-
-def cpu_model() -> str:
-    return dispatch.cpu_model()
+    return f"{dispatch.cpu_model()} (CPU)"
 
 
 def cudnn_version() -> str:

@@ -9,7 +9,7 @@ import platform
 
 import torch
 
-from .. import __version__, _ops
+from .. import __version__, _ops, dispatch
 from ..bench import environment as bench_environment
 
 
@@ -48,7 +48,7 @@ def build() -> dict[str, str]:
 
 def device_description(device: str) -> str:
     if device == "cpu":
-        return f"{bench_environment.cpu_model()}, {torch.get_num_threads()} threads"
+        return f"{dispatch.cpu_model()}, {torch.get_num_threads()} threads"
     index = torch.device(device).index
     props = torch.cuda.get_device_properties(index)
     return (f"{props.name}, compute capability {props.major}.{props.minor}, "
