@@ -226,6 +226,13 @@ struct BackwardState {
   // their gradient row is zero, but zero times a NaN or inf of w_hh would be NaN, where
   // torch.nn's packed sequences have no such row.
   void add_recurrent(int64_t k, const Tensor& dgh, int64_t t) {
+    add_recurrent_from(k, dgh, t, part.row_begin(k), t);
+  }
+
+  // The same from step `index` of `steps` [*, rows, G*H], whose row row0 is worker k's first
+  // (a buffer of some steps, as RecurrentGradRing's); t: the step after, as above.
+  void add_recurrent_from(int64_t k, const Tensor& steps, int64_t index, int64_t row0,
+                          int64_t t) {
     const int64_t b0 = part.row_begin(k), rows = part.rows(k);
     const auto padded = [&](int64_t r) { return lengths != nullptr && t >= lengths[b0 + r]; };
     const size_t row_bytes = dh[k].size(1) * dh[k].element_size();
@@ -235,7 +242,7 @@ struct BackwardState {
     for (int64_t r = 0; r < rows; ++r) {
       if (padded(r)) kept.insert(kept.end(), data + r * row_bytes, data + (r + 1) * row_bytes);
     }
-    w_cols[part.slice(k)].multiply_step(dh[k], dgh, t, true, b0, rows);
+    w_cols[part.slice(k)].multiply_step(dh[k], steps, index, true, row0, rows);
     const char* next = kept.data();
     for (int64_t r = 0; r < rows && next != kept.data() + kept.size(); ++r) {
       if (padded(r)) {

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -264,6 +265,118 @@ class UnitGradients {
   const Partition& part_;
   const int64_t width_;
   std::vector<std::vector<double>> sums_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// The recurrent weight's gradient, grad_w_hh = sum over steps of dp_t^T h_prev_t, accumulated
+// during the backward loop instead of from a [T, B, G*H] buffer of dp after it (as the plain
+// cells do): that buffer was the largest allocation of a training step after the workspace.
+//
+// dp of a step lives in a ring of `slots` steps, one block per row group ([slots, rows, G*H],
+// so that a block's steps form one matrix), where the next position's recurrent product reads
+// it (BackwardState::add_recurrent_from). Each worker keeps the h_prev rows of its steps beside
+// it and, when the ring is full (and after the last step), adds its units' part of the block's
+// products, dp[its rows, its units]^T @ h_prev[its rows], into its own sums: GEMMs of
+// slots * rows terms, run by the worker itself, with no barrier beyond the step's own.
+// ---------------------------------------------------------------------------------------------
+
+class RecurrentGradRing {
+ public:
+  // G gates; T steps; y [T, B, H] and h0 [B, H] (h_prev of each step); lengths [B] or nullptr.
+  RecurrentGradRing(const Partition& part, int64_t G, int64_t T, const Tensor& y,
+                    const Tensor& h0, const int64_t* lengths, bool reverse)
+      : part_(part), G_(G), H_(part.unit_count()), T_(T), slots_(slot_count(part, T)),
+        y_(y), h0_(h0), lengths_(lengths), reverse_(reverse) {
+    const int64_t GH = G * H_;
+    ring_ = at::empty({slots_ * part.row_count() * GH}, y.options());
+    for (int64_t k = 0; k < part.size(); ++k) {
+      blocks_.push_back(ring_.narrow(0, slots_ * part.row_begin(k) * GH, slots_ * part.rows(k) * GH)
+                            .view({slots_, part.rows(k), GH}));
+      h_prev_.push_back(at::empty({slots_ * part.rows(k), H_}, y.options()));
+      sums_.push_back(at::zeros({G * part.units(k), H_}, y.options()));
+    }
+  }
+
+  // The dp rows of position i (any step) in worker k's group: row b at + b * G*H.
+  // (The group's block is addressed by batch row, from its first row: the pointer stays inside
+  // the ring, which holds slots >= 1 blocks of rows before it.)
+  template <typename T>
+  T* step_rows(int64_t k, int64_t i) const {
+    return blocks_[k].data_ptr<T>() + (slot(i) * part_.rows(k) - part_.row_begin(k)) * G_ * H_;
+  }
+
+  // The dp of worker k's group, [slots, rows, G*H], for add_recurrent_from, and the index of
+  // position i's step in it.
+  const Tensor& steps(int64_t k) const { return blocks_[k]; }
+  int64_t slot(int64_t i) const { return i % slots_; }
+
+  // Worker k wrote its units of dp at position i (step t): keep its h_prev rows beside it, and
+  // add the ring's products once it is full or the steps are done.
+  void finish_position(int64_t k, int64_t i, int64_t t) {
+    const int64_t b0 = part_.row_begin(k), rows = part_.rows(k), B = part_.row_count();
+    const int64_t row_bytes = H_ * y_.element_size();
+    const char* y = static_cast<const char*>(y_.data_ptr());
+    const char* h0 = static_cast<const char*>(h0_.data_ptr());
+    char* out = static_cast<char*>(h_prev_[k].data_ptr()) + slot(i) * rows * row_bytes;
+    for (int64_t b = b0; b < b0 + rows; ++b, out += row_bytes) {
+      const int64_t length = length_of(lengths_, b, T_);
+      // a padded step: dp is zero, and so must h_prev be (zero times a NaN of y is NaN)
+      if (!step_is_valid(t, length)) {
+        std::memset(out, 0, row_bytes);
+        continue;
+      }
+      const char* source = step_is_first(t, length, reverse_)
+                               ? h0 + b * row_bytes
+                               : y + (prev_time(t, reverse_) * B + b) * row_bytes;
+      std::memcpy(out, source, row_bytes);
+    }
+    if (slot(i) == slots_ - 1 || i == T_ - 1) add_products(k, slot(i) + 1);
+  }
+
+  // grad_w_hh [G*H, H]: the workers' sums in place.
+  Tensor total() const {
+    Tensor out = at::zeros({G_ * H_, H_}, y_.options());
+    for (int64_t k = 0; k < part_.size(); ++k) {
+      const int64_t n = part_.units(k);
+      for (int64_t q = 0; q < G_; ++q) {
+        out.narrow(0, q * H_ + part_.begin(k), n).add_(sums_[k].narrow(0, q * n, n));
+      }
+    }
+    return out;
+  }
+
+ private:
+  // Enough steps for GEMMs of ~256 terms per group, at least 2 (a slot is written again only
+  // after the next position has read it).
+  static int64_t slot_count(const Partition& part, int64_t T) {
+    const int64_t rows = std::max<int64_t>(1, part.min_rows());
+    return std::max<int64_t>(2, std::min<int64_t>({(256 + rows - 1) / rows, 64, T}));
+  }
+
+  // Worker k's sums += dp[filled steps, its rows, its units]^T @ h_prev[same rows].
+  void add_products(int64_t k, int64_t filled) {
+    const int64_t rows = filled * part_.rows(k), n = part_.units(k), j0 = part_.begin(k);
+    const Tensor dp = blocks_[k].view({-1, G_ * H_}).narrow(0, 0, rows);
+    const Tensor h_prev = h_prev_[k].narrow(0, 0, rows);
+    if (n == H_) {  // all units: one product over every gate
+      matmul_into(sums_[k], dp.t(), h_prev, true);
+      return;
+    }
+    for (int64_t q = 0; q < G_; ++q) {
+      Tensor out = sums_[k].narrow(0, q * n, n);
+      matmul_into(out, dp.narrow(1, q * H_ + j0, n).t(), h_prev, true);
+    }
+  }
+
+  const Partition& part_;
+  const int64_t G_, H_, T_, slots_;
+  const Tensor y_, h0_;
+  const int64_t* lengths_;
+  const bool reverse_;
+  Tensor ring_;                  // per group: [slots, rows, G*H]
+  std::vector<Tensor> blocks_;   // per worker: its group's block
+  std::vector<Tensor> h_prev_;   // per worker: [slots * rows, H]
+  std::vector<Tensor> sums_;     // per worker: [G * units, H], gate q of unit j at row q*n + j
 };
 
 }  // namespace fused_rnn::cpu

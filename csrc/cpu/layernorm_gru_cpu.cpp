@@ -10,7 +10,8 @@
 //      (grad_gx) and those of gh, dp̂ = dgh γ_hh, the sums of γ_hh's and b_hh's gradients; the
 //      slice's row sums of dp̂ and dp̂ p̂
 //   1  the recurrent LN's backward: dp = rstd (dp̂ - mean dp̂ - p̂ mean(dp̂ p̂))
-// grad_w_hh = sum over all steps of dp^T h_prev: GEMMs after the loop.
+// grad_w_hh = sum over all steps of dp^T h_prev: GEMMs in the loop, every few steps, by each
+// worker on its rows and units (RecurrentGradRing: dp is kept for the last steps only).
 #include <torch/library.h>
 
 #include "cpu/layernorm_cpu.h"
@@ -119,8 +120,9 @@ __attribute__((always_inline)) inline void forward_phase_impl(const ForwardSlice
 }
 
 // Worker k's part of one backward step. Workspace arrays of all steps ([T, B, ...]; h_prev is
-// y of the neighbouring step); dgx_t and dp_t [B, 3H]; dh [b1 - b0, n] carried from step to
-// step; dp_hat [b1 - b0, 3n] between the phases.
+// y of the neighbouring step); dgx_t [B, 3H]; dp_t the step's rows in RecurrentGradRing's ring
+// (row b at b * 3H); dh [b1 - b0, n] carried from step to step; dp_hat [b1 - b0, 3n] between
+// the phases.
 template <typename T>
 struct BackwardSlice {
   int64_t B, b0, b1, H, j0, n, k, t, T_steps;
@@ -285,9 +287,10 @@ BackwardOutputs backward_impl(const optional<Tensor>& grad_y, const optional<Ten
   const int64_t* len = data_or_null<int64_t>(lengths);
   const T* dy = data_or_null<T>(grad_y);
   Tensor grad_gx = cpu_output({T_steps, B, 3 * H}, opts);
-  Tensor dp = cpu_output({T_steps, B, 3 * H}, opts);  // gradient of the recurrent product
   const Partition units(H, B, B * 3 * H * H, T_steps, /*split_rows=*/true);
   BackwardState state(units, w_hh, grad_h_n, len);
+  // dp, the gradient of the recurrent product, of the last steps; and grad_w_hh
+  RecurrentGradRing dp(units, 3, T_steps, y, h0, len, reverse);
   SliceStatistics dp_stats(units, 3);
   UnitGradients gamma_hh_grad(units, 3), b_hh_grad(units, 3);
   std::vector<Tensor> dp_hat;  // per worker, between the phases
@@ -299,7 +302,10 @@ BackwardOutputs backward_impl(const optional<Tensor>& grad_y, const optional<Ten
   units.for_each_step(T_steps * kPhases, [&](int64_t k, int64_t position) {
     const int64_t i = position / kPhases, phase = position % kPhases;
     const int64_t s = T_steps - 1 - i, t = time_at(s, T_steps, reverse);
-    if (phase == 0 && i > 0) state.add_recurrent(k, dp, time_at(s + 1, T_steps, reverse));
+    if (phase == 0 && i > 0) {
+      const int64_t t_after = time_at(s + 1, T_steps, reverse);
+      state.add_recurrent_from(k, dp.steps(k), dp.slot(i - 1), 0, t_after);
+    }
     const BackwardSlice<T> slice{B, units.row_begin(k), units.row_end(k), H, units.begin(k),
                                  units.units(k), k, t, T_steps, reverse,
                                  gates.data_ptr<T>(), p_hat.data_ptr<T>(), rstd.data_ptr<T>(),
@@ -307,16 +313,20 @@ BackwardOutputs backward_impl(const optional<Tensor>& grad_y, const optional<Ten
                                  data_or_null<T>(b_hh), zoneout_h,
                                  dy ? dy + t * B * H : nullptr, state.dh[k].data_ptr<T>(),
                                  dp_hat[k].data_ptr<T>(), grad_gx.data_ptr<T>() + t * B * 3 * H,
-                                 dp.data_ptr<T>() + t * B * 3 * H, gamma_hh_grad.of(k),
+                                 dp.step_rows<T>(k, i), gamma_hh_grad.of(k),
                                  b_hh_grad.of(k), len, &dp_stats};
     backward_phase(slice, phase);
+    if (phase == kPhases - 1) dp.finish_position(k, i, t);
   });
   // The recurrent part of the first step's gradients reaches h0.
   if (T_steps > 0) {
-    units.for_each([&](int64_t k) { state.add_recurrent(k, dp, time_at(0, T_steps, reverse)); });
+    units.for_each([&](int64_t k) {
+      const int64_t t_first = time_at(0, T_steps, reverse);
+      state.add_recurrent_from(k, dp.steps(k), dp.slot(T_steps - 1), 0, t_first);
+    });
   }
   Tensor grad_h0 = state.release();
-  Tensor grad_w_hh = cpu_recurrent_weight_grad(dp, y, h0, lengths, reverse);
+  Tensor grad_w_hh = dp.total();
   return {grad_gx, grad_w_hh, gamma_hh_grad.total(opts), b_hh_grad.total(opts), grad_h0};
 }
 

@@ -13,7 +13,8 @@
 //   1  the cell LN's backward, zoneout of dc, the gate gradients (grad_gx), dp̂ = da γ_hh and the
 //      sums of γ_hh's gradient; the slice's row sums of dp̂ and dp̂ p̂
 //   2  the recurrent LN's backward: dp = rstd (dp̂ - mean dp̂ - p̂ mean(dp̂ p̂))
-// grad_w_hh = sum over all steps of dp^T h_prev: GEMMs after the loop, as for the plain cells.
+// grad_w_hh = sum over all steps of dp^T h_prev: GEMMs in the loop, every few steps, by each
+// worker on its rows and units (RecurrentGradRing: dp is kept for the last steps only).
 #include <torch/library.h>
 
 #include "cpu/layernorm_cpu.h"
@@ -177,9 +178,10 @@ __attribute__((always_inline)) inline void forward_phase_impl(const ForwardSlice
 // ---------------------------------------------------------------------------------------------
 
 // Worker k's part of one backward step. Workspace arrays of all steps ([T, B, ...], c_prev is
-// read from cs of the neighbouring step); dgx_t and dp_t [B, 4H]; dh [b1 - b0, n] (the
-// gradient reaching h of its units, carried from step to step); dc [B, H] in place; dc_hat
-// [b1 - b0, n] and dp_hat [b1 - b0, 4n] between phases.
+// read from cs of the neighbouring step); dgx_t [B, 4H]; dp_t the step's rows in
+// RecurrentGradRing's ring (row b at b * 4H); dh [b1 - b0, n] (the gradient reaching h of its
+// units, carried from step to step); dc [B, H] in place; dc_hat [b1 - b0, n] and dp_hat
+// [b1 - b0, 4n] between phases.
 template <typename T>
 struct BackwardSlice {
   int64_t B, b0, b1, H, j0, n, k, t, T_steps;
@@ -394,10 +396,11 @@ BackwardOutputs backward_impl(const optional<Tensor>& grad_y, const optional<Ten
   const int64_t* len = data_or_null<int64_t>(lengths);
   const T* dy = data_or_null<T>(grad_y);
   Tensor grad_gx = cpu_output({T_steps, B, 4 * H}, opts);
-  Tensor dp = cpu_output({T_steps, B, 4 * H}, opts);  // gradient of the recurrent product
   Tensor dc = has(grad_c_n) ? grad_c_n->clone() : at::zeros({B, H}, opts);
   const Partition units(H, B, B * 4 * H * H, T_steps, /*split_rows=*/true);
   BackwardState state(units, w_hh, grad_h_n, len);
+  // dp, the gradient of the recurrent product, of the last steps; and grad_w_hh
+  RecurrentGradRing dp(units, 4, T_steps, y, h0, len, reverse);
   SliceStatistics dc_stats(units, 1), dp_stats(units, 4);
   UnitGradients gamma_hh_grad(units, 4), cell_grad(units, 2);
   std::vector<Tensor> dc_hat, dp_hat;  // per worker, between phases
@@ -410,7 +413,10 @@ BackwardOutputs backward_impl(const optional<Tensor>& grad_y, const optional<Ten
   units.for_each_step(T_steps * kPhases, [&](int64_t k, int64_t position) {
     const int64_t i = position / kPhases, phase = position % kPhases;
     const int64_t s = T_steps - 1 - i, t = time_at(s, T_steps, reverse);
-    if (phase == 0 && i > 0) state.add_recurrent(k, dp, time_at(s + 1, T_steps, reverse));
+    if (phase == 0 && i > 0) {
+      const int64_t t_after = time_at(s + 1, T_steps, reverse);
+      state.add_recurrent_from(k, dp.steps(k), dp.slot(i - 1), 0, t_after);
+    }
     const BackwardSlice<T> slice{B, units.row_begin(k), units.row_end(k), H, units.begin(k),
                                  units.units(k), k, t, T_steps, reverse,
                                  gates.data_ptr<T>(), p_hat.data_ptr<T>(), c_hat.data_ptr<T>(),
@@ -420,16 +426,20 @@ BackwardOutputs backward_impl(const optional<Tensor>& grad_y, const optional<Ten
                                  dy ? dy + t * B * H : nullptr, state.dh[k].data_ptr<T>(),
                                  dc.data_ptr<T>(), dc_hat[k].data_ptr<T>(),
                                  dp_hat[k].data_ptr<T>(), grad_gx.data_ptr<T>() + t * B * 4 * H,
-                                 dp.data_ptr<T>() + t * B * 4 * H, gamma_hh_grad.of(k),
+                                 dp.step_rows<T>(k, i), gamma_hh_grad.of(k),
                                  cell_grad.of(k), len, &dc_stats, &dp_stats};
     backward_phase(slice, phase);
+    if (phase == kPhases - 1) dp.finish_position(k, i, t);
   });
   // The recurrent part of the first step's gradients reaches h0.
   if (T_steps > 0) {
-    units.for_each([&](int64_t k) { state.add_recurrent(k, dp, time_at(0, T_steps, reverse)); });
+    units.for_each([&](int64_t k) {
+      const int64_t t_first = time_at(0, T_steps, reverse);
+      state.add_recurrent_from(k, dp.steps(k), dp.slot(T_steps - 1), 0, t_first);
+    });
   }
   Tensor grad_h0 = state.release();
-  Tensor grad_w_hh = cpu_recurrent_weight_grad(dp, y, h0, lengths, reverse);
+  Tensor grad_w_hh = dp.total();
   const Tensor cell_grads = cell_grad.total(opts);
   // separate tensors: outputs of an op must not alias each other
   return {grad_gx, grad_w_hh, gamma_hh_grad.total(opts), cell_grads.narrow(0, 0, H).clone(),
