@@ -25,6 +25,28 @@ inline void check_zoneout(const char* op, const char* name, const optional<Tenso
   detail::check_shape(op, (std::string(name) + "_mask").c_str(), *mask, {T, B, H});
 }
 
+// The input LN's γ_ih [size] and its optional bias (β) [size].
+inline void check_input_layernorm(const char* op, const Tensor& gamma_ih,
+                                  const optional<Tensor>& bias, const Tensor& ref, int64_t size) {
+  check_layernorm_parameter(op, "gamma_ih", gamma_ih, ref, size);
+  detail::check_optional_like(op, "bias", bias, ref, {size});
+}
+
+// The workspace of the LNs' statistics [T, B, width]: like the other workspace tensors, but in
+// the compute dtype (float32, or float64 for float64 input: a mean rounded to 16 bits would
+// spoil the normalised values recomputed from it).
+inline void check_statistics(const char* op, const Tensor& stats, const Tensor& y,
+                             at::IntArrayRef expected) {
+  TORCH_CHECK(stats.numel() > 0 || c10::multiply_integers(expected) == 0, op,
+              ": the stats workspace is empty: the forward ran with save_for_backward=False");
+  const auto dtype = y.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(stats.device() == y.device(), op, ": stats is on ", stats.device(),
+              " but the input is on ", y.device());
+  TORCH_CHECK(stats.scalar_type() == dtype, op, ": stats has dtype ", stats.scalar_type(),
+              " but the input's compute dtype is ", dtype);
+  detail::check_shape(op, "stats", stats, expected);
+}
+
 inline void check_eps(const char* op, double eps) {
   TORCH_CHECK(eps > 0.0, op, ": eps must be positive, got ", eps);
 }

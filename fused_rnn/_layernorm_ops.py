@@ -24,44 +24,49 @@ NO_SECOND_DERIVATIVE = (
 # ---------------------------------------------------------------------------------------------
 
 
-def layernorm_lstm_forward_fake(gx, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, zoneout_h_mask,
-                                zoneout_c_mask, zoneout_h, zoneout_c, lengths, reverse, eps,
-                                save_for_backward):
-    T, B, H = gx.shape[0], gx.shape[1], gx.shape[2] // 4
+def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the LSTM op's ``stats`` workspace: the compute dtype of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def layernorm_lstm_forward_fake(xw, gamma_ih, bias, w_hh, gamma_hh, gamma_c, beta_c, h0, c0,
+                                zoneout_h_mask, zoneout_c_mask, zoneout_h, zoneout_c, lengths,
+                                reverse, eps, save_for_backward):
+    T, B, H = xw.shape[0], xw.shape[1], xw.shape[2] // 4
 
     def workspace(*shape):
-        return _empty_workspace(gx, save_for_backward, *shape)
+        return _empty_workspace(xw, save_for_backward, *shape)
 
-    return (gx.new_empty(T, B, H), gx.new_empty(B, H), gx.new_empty(B, H),
-            workspace(T, B, 4 * H), workspace(T, B, 4 * H), workspace(T, B, H),
-            workspace(T, B, H), workspace(T, B, 2))
-
-
-def layernorm_lstm_backward_fake(grad_y, grad_h_n, grad_c_n, w_hh, gamma_hh, gamma_c, beta_c, h0,
-                                 c0, zoneout_h_mask, zoneout_c_mask, zoneout_h, zoneout_c, y,
-                                 gates, p_hat, c_hat, cs, rstd, lengths, reverse):
-    T, B = y.shape[0], y.shape[1]
-    return (y.new_empty(T, B, w_hh.shape[0]), torch.empty_like(w_hh), torch.empty_like(gamma_hh),
-            torch.empty_like(gamma_c), torch.empty_like(beta_c), torch.empty_like(h0),
-            torch.empty_like(c0))
+    stats = workspace(T, B, 4).to(statistics_dtype(xw.dtype))
+    return (xw.new_empty(T, B, H), xw.new_empty(B, H), xw.new_empty(B, H),
+            workspace(T, B, 4 * H), workspace(T, B, H), workspace(T, B, H), stats)
 
 
-def layernorm_gru_forward_fake(gx, w_hh, gamma_hh, b_hh, h0, zoneout_h_mask, zoneout_h, lengths,
-                               reverse, eps, save_for_backward):
-    T, B, H = gx.shape[0], gx.shape[1], gx.shape[2] // 3
+def layernorm_lstm_backward_fake(grad_y, grad_h_n, grad_c_n, xw, gamma_ih, bias, w_hh, gamma_hh,
+                                 gamma_c, beta_c, h0, c0, zoneout_h_mask, zoneout_c_mask,
+                                 zoneout_h, zoneout_c, y, p_hat, c_hat, cs, stats, lengths,
+                                 reverse):
+    return (torch.empty_like(xw), torch.empty_like(gamma_ih), torch.empty_like(gamma_ih),
+            torch.empty_like(w_hh), torch.empty_like(gamma_hh), torch.empty_like(gamma_c),
+            torch.empty_like(beta_c), torch.empty_like(h0), torch.empty_like(c0))
+
+
+def layernorm_gru_forward_fake(xw, gamma_ih, b_ih, w_hh, gamma_hh, b_hh, h0, zoneout_h_mask,
+                               zoneout_h, lengths, reverse, eps, save_for_backward):
+    T, B, H = xw.shape[0], xw.shape[1], xw.shape[2] // 3
 
     def workspace(*shape):
-        return _empty_workspace(gx, save_for_backward, *shape)
+        return _empty_workspace(xw, save_for_backward, *shape)
 
-    return (gx.new_empty(T, B, H), gx.new_empty(B, H), workspace(T, B, 3 * H),
-            workspace(T, B, 3 * H), workspace(T, B))
+    stats = workspace(T, B, 3).to(statistics_dtype(xw.dtype))
+    return xw.new_empty(T, B, H), xw.new_empty(B, H), workspace(T, B, 3 * H), stats
 
 
-def layernorm_gru_backward_fake(grad_y, grad_h_n, w_hh, gamma_hh, b_hh, h0, zoneout_h_mask,
-                                zoneout_h, y, gates, p_hat, rstd, lengths, reverse):
-    T, B = y.shape[0], y.shape[1]
-    return (y.new_empty(T, B, w_hh.shape[0]), torch.empty_like(w_hh), torch.empty_like(gamma_hh),
-            y.new_empty(w_hh.shape[0]), torch.empty_like(h0))
+def layernorm_gru_backward_fake(grad_y, grad_h_n, xw, gamma_ih, b_ih, w_hh, gamma_hh, b_hh, h0,
+                                zoneout_h_mask, zoneout_h, y, p_hat, stats, lengths, reverse):
+    return (torch.empty_like(xw), torch.empty_like(gamma_ih), torch.empty_like(gamma_ih),
+            torch.empty_like(w_hh), torch.empty_like(gamma_hh), torch.empty_like(gamma_hh),
+            torch.empty_like(h0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,23 +87,26 @@ def _check_first_derivative(ctx) -> None:
 
 def _lstm_autograd(backward_op):
     def setup_context(ctx, inputs, output):
-        (gx, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c, zoneout_h, zoneout_c,
-         lengths, reverse, eps, save) = inputs
-        y, h_n, c_n, gates, p_hat, c_hat, cs, rstd = output
-        ctx.save_for_backward(w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c, y, gates,
-                              p_hat, c_hat, cs, rstd, lengths)
+        (xw, gamma_ih, bias, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c, zoneout_h,
+         zoneout_c, lengths, reverse, eps, save) = inputs
+        y, h_n, c_n, p_hat, c_hat, cs, stats = output
+        ctx.save_for_backward(xw, gamma_ih, bias, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h,
+                              mask_c, y, p_hat, c_hat, cs, stats, lengths)
         ctx.zoneout = (zoneout_h, zoneout_c)
         ctx.reverse, ctx.saved_workspace = reverse, save
-        ctx.mark_non_differentiable(gates, p_hat, c_hat, cs, rstd)
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(p_hat, c_hat, cs, stats)
         ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_y, grad_h_n, grad_c_n, *workspace_grads):
         _check_first_derivative(ctx)
-        (w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c, y, gates, p_hat, c_hat, cs,
-         rstd, lengths) = ctx.saved_tensors
-        grads = backward_op(grad_y, grad_h_n, grad_c_n, w_hh, gamma_hh, gamma_c, beta_c, h0, c0,
-                            mask_h, mask_c, *ctx.zoneout, y, gates, p_hat, c_hat, cs, rstd,
-                            lengths, ctx.reverse)
+        (xw, gamma_ih, bias, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c, y, p_hat,
+         c_hat, cs, stats, lengths) = ctx.saved_tensors
+        grads = list(backward_op(grad_y, grad_h_n, grad_c_n, xw, gamma_ih, bias, w_hh, gamma_hh,
+                                 gamma_c, beta_c, h0, c0, mask_h, mask_c, *ctx.zoneout, y, p_hat,
+                                 c_hat, cs, stats, lengths, ctx.reverse))
+        if not ctx.has_bias:
+            grads[2] = None
         return (*grads,) + (None,) * 8
 
     return setup_context, backward
@@ -106,22 +114,26 @@ def _lstm_autograd(backward_op):
 
 def _gru_autograd(backward_op):
     def setup_context(ctx, inputs, output):
-        gx, w_hh, gamma_hh, b_hh, h0, mask_h, zoneout_h, lengths, reverse, eps, save = inputs
-        y, h_n, gates, p_hat, rstd = output
-        ctx.save_for_backward(w_hh, gamma_hh, b_hh, h0, mask_h, y, gates, p_hat, rstd, lengths)
+        (xw, gamma_ih, b_ih, w_hh, gamma_hh, b_hh, h0, mask_h, zoneout_h, lengths, reverse, eps,
+         save) = inputs
+        y, h_n, p_hat, stats = output
+        ctx.save_for_backward(xw, gamma_ih, b_ih, w_hh, gamma_hh, b_hh, h0, mask_h, y, p_hat,
+                              stats, lengths)
         ctx.zoneout_h, ctx.reverse, ctx.saved_workspace = zoneout_h, reverse, save
-        ctx.has_bias = b_hh is not None
-        ctx.mark_non_differentiable(gates, p_hat, rstd)
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        ctx.mark_non_differentiable(p_hat, stats)
         ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_y, grad_h_n, *workspace_grads):
         _check_first_derivative(ctx)
-        w_hh, gamma_hh, b_hh, h0, mask_h, y, gates, p_hat, rstd, lengths = ctx.saved_tensors
-        grad_gx, grad_w_hh, grad_gamma_hh, grad_b_hh, grad_h0 = backward_op(
-            grad_y, grad_h_n, w_hh, gamma_hh, b_hh, h0, mask_h, ctx.zoneout_h, y, gates, p_hat,
-            rstd, lengths, ctx.reverse)
-        grad_b_hh = grad_b_hh if ctx.has_bias else None
-        return (grad_gx, grad_w_hh, grad_gamma_hh, grad_b_hh, grad_h0) + (None,) * 6
+        (xw, gamma_ih, b_ih, w_hh, gamma_hh, b_hh, h0, mask_h, y, p_hat, stats,
+         lengths) = ctx.saved_tensors
+        grads = list(backward_op(grad_y, grad_h_n, xw, gamma_ih, b_ih, w_hh, gamma_hh, b_hh, h0,
+                                 mask_h, ctx.zoneout_h, y, p_hat, stats, lengths, ctx.reverse))
+        for index, has_bias in ((2, ctx.has_bias[0]), (5, ctx.has_bias[1])):
+            if not has_bias:
+                grads[index] = None
+        return (*grads,) + (None,) * 6
 
     return setup_context, backward
 

@@ -1,9 +1,10 @@
 """The layer stack of the layer-normalised LSTM and GRU with zoneout, around their recurrence ops.
 
-Per layer and direction: the input side of all steps at once, ``gx = LN(x W_ih^T; γ_ih) + b``
-(one GEMM, then one layer norm over the T * B rows, with the bias as its β), then one fused
-recurrence op (``fused_rnn::layernorm_{lstm,gru}_forward``: the recurrent product, its LN, the
-gates, the cell LN and zoneout in each step's pass). Directions, dropout between layers and
+Per layer and direction: the input projection of all steps at once, ``xw = x W_ih^T`` (one
+GEMM), then one fused recurrence op (``fused_rnn::layernorm_{lstm,gru}_forward``: the recurrent
+product, its LN, the gates, the cell LN and zoneout in each step's pass). The input side's LN,
+``gx = LN(xw; γ_ih) + b`` over each of the T * B rows (the bias as its β), is the op's own: its
+backward then keeps xw alone for the input side. Directions, dropout between layers and
 variable lengths as in :mod:`fused_rnn.functional`. Zoneout masks are drawn from torch's
 generator (``torch.manual_seed`` reproduces them) in training; in eval the kernels use the
 expectation. The readable definition is in :mod:`fused_rnn.reference`.
@@ -59,9 +60,10 @@ class GRUWeights(NamedTuple):
 
 @dataclass(frozen=True)
 class _Backend:
-    """``lstm(gx, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c, zoneout_h,
-    zoneout_c, lengths, reverse, eps) -> (y, h_n, c_n)``, ``gru(gx, w_hh, gamma_hh, b_hh, h0,
-    mask_h, zoneout_h, lengths, reverse, eps) -> (y, h_n)``, and the input projection."""
+    """``lstm(xw, gamma_ih, bias, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c,
+    zoneout_h, zoneout_c, lengths, reverse, eps) -> (y, h_n, c_n)``, ``gru(xw, gamma_ih, b_ih,
+    w_hh, gamma_hh, b_hh, h0, mask_h, zoneout_h, lengths, reverse, eps) -> (y, h_n)``, and the
+    input projection."""
 
     name: str
     lstm: Callable
@@ -77,30 +79,35 @@ def _op_backend(name: str, suffix: str, linear: Callable = F.linear) -> _Backend
     """The ops ``fused_rnn::layernorm_{lstm,gru}_forward{suffix}``, asked for the workspace only
     when a gradient will be taken."""
 
-    def lstm(gx, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c, zoneout_h, zoneout_c,
-             lengths, reverse, eps):
+    def lstm(xw, gamma_ih, bias, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c,
+             zoneout_h, zoneout_c, lengths, reverse, eps):
         op = getattr(torch.ops.fused_rnn, f"layernorm_lstm_forward{suffix}")
-        save = _needs_grad(gx, w_hh, gamma_hh, gamma_c, beta_c, h0, c0)
-        out = op(gx, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c, zoneout_h,
-                 zoneout_c, lengths, reverse, eps, save)
+        save = _needs_grad(xw, gamma_ih, bias, w_hh, gamma_hh, gamma_c, beta_c, h0, c0)
+        out = op(xw, gamma_ih, bias, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c,
+                 zoneout_h, zoneout_c, lengths, reverse, eps, save)
         return out[0], out[1], out[2]
 
-    def gru(gx, w_hh, gamma_hh, b_hh, h0, mask_h, zoneout_h, lengths, reverse, eps):
+    def gru(xw, gamma_ih, b_ih, w_hh, gamma_hh, b_hh, h0, mask_h, zoneout_h, lengths, reverse,
+            eps):
         op = getattr(torch.ops.fused_rnn, f"layernorm_gru_forward{suffix}")
-        save = _needs_grad(gx, w_hh, gamma_hh, b_hh, h0)
-        out = op(gx, w_hh, gamma_hh, b_hh, h0, mask_h, zoneout_h, lengths, reverse, eps, save)
+        save = _needs_grad(xw, gamma_ih, b_ih, w_hh, gamma_hh, b_hh, h0)
+        out = op(xw, gamma_ih, b_ih, w_hh, gamma_hh, b_hh, h0, mask_h, zoneout_h, lengths,
+                 reverse, eps, save)
         return out[0], out[1]
 
     return _Backend(name, lstm, gru, linear)
 
 
-def _reference_lstm(gx, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c, zoneout_h,
-                    zoneout_c, lengths, reverse, eps):
+def _reference_lstm(xw, gamma_ih, bias, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c,
+                    zoneout_h, zoneout_c, lengths, reverse, eps):
+    gx = F.layer_norm(xw, (xw.shape[-1],), gamma_ih, bias, eps)
     return reference.layernorm_lstm(gx, w_hh, gamma_hh, gamma_c, beta_c, h0, c0, mask_h, mask_c,
                                     zoneout_h, zoneout_c, lengths, reverse, eps)
 
 
-def _reference_gru(gx, w_hh, gamma_hh, b_hh, h0, mask_h, zoneout_h, lengths, reverse, eps):
+def _reference_gru(xw, gamma_ih, b_ih, w_hh, gamma_hh, b_hh, h0, mask_h, zoneout_h, lengths,
+                   reverse, eps):
+    gx = F.layer_norm(xw, (xw.shape[-1],), gamma_ih, b_ih, eps)
     return reference.layernorm_gru(gx, w_hh, gamma_hh, b_hh, h0, mask_h, zoneout_h, lengths,
                                    reverse, eps)
 
@@ -241,19 +248,18 @@ def _zoneout_mask(p: float, training: bool, shape: tuple, device: torch.device) 
 def _run_layer(impl: _Backend, cell: str, x: Tensor, weights, h0, c0, lengths, reverse, *,
                zoneout, zoneout_cell, training, eps):
     """One layer and direction: (y, h_n, c_n or None)."""
-    G, H = _GATES[cell], weights.w_hh.shape[1]
-    bias = weights.bias if cell == "lstm" else weights.b_ih
-    # The input side of all steps: one GEMM, one layer norm over the T * B rows (bias = its β).
-    gx = F.layer_norm(impl.linear(x, weights.w_ih, None), (G * H,), weights.gamma_ih, bias, eps)
+    H = weights.w_hh.shape[1]
+    # The input projection of all steps: one GEMM (its LN is the op's).
+    xw = impl.linear(x, weights.w_ih, None)
     shape = (x.shape[0], x.shape[1], H)
     mask_h = _zoneout_mask(zoneout, training, shape, x.device)
     if cell == "lstm":
         mask_c = _zoneout_mask(zoneout_cell, training, shape, x.device)
-        return impl.lstm(gx, weights.w_hh, weights.gamma_hh, weights.gamma_c, weights.beta_c, h0,
-                         c0, mask_h, mask_c, float(zoneout), float(zoneout_cell), lengths,
-                         reverse, eps)
-    y, h_n = impl.gru(gx, weights.w_hh, weights.gamma_hh, weights.b_hh, h0, mask_h,
-                      float(zoneout), lengths, reverse, eps)
+        return impl.lstm(xw, weights.gamma_ih, weights.bias, weights.w_hh, weights.gamma_hh,
+                         weights.gamma_c, weights.beta_c, h0, c0, mask_h, mask_c, float(zoneout),
+                         float(zoneout_cell), lengths, reverse, eps)
+    y, h_n = impl.gru(xw, weights.gamma_ih, weights.b_ih, weights.w_hh, weights.gamma_hh,
+                      weights.b_hh, h0, mask_h, float(zoneout), lengths, reverse, eps)
     return y, h_n, None
 
 

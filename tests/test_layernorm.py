@@ -41,8 +41,10 @@ def op_inputs(cell, T, B, H, dtype, *, zoneout, bias=True):
     def leaf(*shape, scale=0.5, shift=0.0):
         return (torch.randn(*shape, dtype=F64) * scale + shift).to(dtype).requires_grad_()
 
-    t = {"gx": leaf(T, B, G * H), "w_hh": leaf(G * H, H, scale=H**-0.5),
-         "gamma_hh": leaf(G * H, scale=0.3, shift=1.0)}
+    # the raw projection xw, off-centre: the op's input LN removes its mean
+    t = {"xw": leaf(T, B, G * H, scale=1.0, shift=0.7), "gamma_ih": leaf(G * H, shift=1.0),
+         "bias" if cell == "lstm" else "b_ih": leaf(G * H, scale=0.2) if bias else None}
+    t.update(w_hh=leaf(G * H, H, scale=H**-0.5), gamma_hh=leaf(G * H, scale=0.3, shift=1.0))
     if cell == "lstm":
         t.update(gamma_c=leaf(H, scale=0.3, shift=1.0), beta_c=leaf(H, scale=0.2))
     else:
@@ -63,21 +65,25 @@ def op_inputs(cell, T, B, H, dtype, *, zoneout, bias=True):
 def run_op(cell, t, masks, probabilities, lengths, reverse, eps=1e-5):
     if cell == "lstm":
         out = ops.layernorm_lstm_forward(
-            t["gx"], t["w_hh"], t["gamma_hh"], t["gamma_c"], t["beta_c"], t["h0"], t["c0"],
-            masks["h"], masks["c"], probabilities["h"], probabilities["c"], lengths, reverse, eps,
-            True)
+            t["xw"], t["gamma_ih"], t["bias"], t["w_hh"], t["gamma_hh"], t["gamma_c"],
+            t["beta_c"], t["h0"], t["c0"], masks["h"], masks["c"], probabilities["h"],
+            probabilities["c"], lengths, reverse, eps, True)
         return out[:3]
-    out = ops.layernorm_gru_forward(t["gx"], t["w_hh"], t["gamma_hh"], t["b_hh"], t["h0"],
-                                    masks["h"], probabilities["h"], lengths, reverse, eps, True)
+    out = ops.layernorm_gru_forward(t["xw"], t["gamma_ih"], t["b_ih"], t["w_hh"], t["gamma_hh"],
+                                    t["b_hh"], t["h0"], masks["h"], probabilities["h"], lengths,
+                                    reverse, eps, True)
     return out[:2]
 
 
 def run_reference(cell, t, masks, probabilities, lengths, reverse, eps=1e-5):
+    # the op's input LN, then the reference recurrence
+    gx = F.layer_norm(t["xw"], t["xw"].shape[-1:], t["gamma_ih"],
+                      t["bias"] if cell == "lstm" else t["b_ih"], eps)
     if cell == "lstm":
         return reference.layernorm_lstm(
-            t["gx"], t["w_hh"], t["gamma_hh"], t["gamma_c"], t["beta_c"], t["h0"], t["c0"],
+            gx, t["w_hh"], t["gamma_hh"], t["gamma_c"], t["beta_c"], t["h0"], t["c0"],
             masks["h"], masks["c"], probabilities["h"], probabilities["c"], lengths, reverse, eps)
-    return reference.layernorm_gru(t["gx"], t["w_hh"], t["gamma_hh"], t["b_hh"], t["h0"],
+    return reference.layernorm_gru(gx, t["w_hh"], t["gamma_hh"], t["b_hh"], t["h0"],
                                    masks["h"], probabilities["h"], lengths, reverse, eps)
 
 
@@ -203,27 +209,31 @@ def _opcheck_samples():
             return torch.randn(*shape, requires_grad=requires_grad)
 
         for lens, m, p in ((None, None, 0.0), (lengths, mask, 0.3), (lengths, None, 0.3)):
-            samples.append(("layernorm_lstm_forward", (
-                leaf(T, B, 4 * H), leaf(4 * H, H), leaf(4 * H), leaf(H), leaf(H), leaf(B, H),
-                leaf(B, H), m, m, p, p, lens, False, 1e-5, requires_grad)))
-            for b_hh in (leaf(3 * H), None):
+            for bias in (leaf(4 * H), None):
+                samples.append(("layernorm_lstm_forward", (
+                    leaf(T, B, 4 * H), leaf(4 * H), bias, leaf(4 * H, H), leaf(4 * H), leaf(H),
+                    leaf(H), leaf(B, H), leaf(B, H), m, m, p, p, lens, False, 1e-5,
+                    requires_grad)))
+            for b_ih, b_hh in ((leaf(3 * H), leaf(3 * H)), (None, None)):
                 samples.append(("layernorm_gru_forward", (
-                    leaf(T, B, 3 * H), leaf(3 * H, H), leaf(3 * H), b_hh, leaf(B, H), m, p, lens,
-                    True, 1e-5, requires_grad)))
+                    leaf(T, B, 3 * H), leaf(3 * H), b_ih, leaf(3 * H, H), leaf(3 * H), b_hh,
+                    leaf(B, H), m, p, lens, True, 1e-5, requires_grad)))
     # backward ops, from a real forward
     w4, g4, gc, bc = torch.randn(4 * H, H), torch.randn(4 * H), torch.randn(H), torch.randn(H)
     h0, c0 = torch.randn(B, H), torch.randn(B, H)
-    y, h_n, c_n, *ws = ops.layernorm_lstm_forward(torch.randn(T, B, 4 * H), w4, g4, gc, bc, h0,
-                                                  c0, mask, None, 0.0, 0.2, lengths, False, 1e-5,
-                                                  True)
+    xw, g_ih, bias = torch.randn(T, B, 4 * H), torch.randn(4 * H), torch.randn(4 * H)
+    y, h_n, c_n, *ws = ops.layernorm_lstm_forward(xw, g_ih, bias, w4, g4, gc, bc, h0, c0, mask,
+                                                  None, 0.0, 0.2, lengths, False, 1e-5, True)
     samples.append(("layernorm_lstm_backward", (torch.randn_like(y), None, torch.randn_like(c_n),
-                                                w4, g4, gc, bc, h0, c0, mask, None, 0.0, 0.2, y,
-                                                *ws, lengths, False)))
+                                                xw, g_ih, bias, w4, g4, gc, bc, h0, c0, mask,
+                                                None, 0.0, 0.2, y, *ws, lengths, False)))
     w3, g3, b3 = torch.randn(3 * H, H), torch.randn(3 * H), torch.randn(3 * H)
-    y, h_n, *ws = ops.layernorm_gru_forward(torch.randn(T, B, 3 * H), w3, g3, b3, h0, None, 0.4,
-                                            None, True, 1e-5, True)
-    samples.append(("layernorm_gru_backward", (torch.randn_like(y), torch.randn_like(h_n), w3,
-                                               g3, b3, h0, None, 0.4, y, *ws, None, True)))
+    xw3, g3_ih, b3_ih = torch.randn(T, B, 3 * H), torch.randn(3 * H), torch.randn(3 * H)
+    y, h_n, *ws = ops.layernorm_gru_forward(xw3, g3_ih, b3_ih, w3, g3, b3, h0, None, 0.4, None,
+                                            True, 1e-5, True)
+    samples.append(("layernorm_gru_backward", (torch.randn_like(y), torch.randn_like(h_n), xw3,
+                                               g3_ih, b3_ih, w3, g3, b3, h0, None, 0.4, y, *ws,
+                                               None, True)))
     return samples
 
 
@@ -558,18 +568,51 @@ def test_bad_input_errors_as_torch_nn(cell):
 
 def test_op_argument_errors():
     T, B, H = 2, 2, 3
-    gx, w, g, h0 = torch.randn(T, B, 3 * H), torch.randn(3 * H, H), torch.ones(3 * H), torch.zeros(B, H)
+    xw3, w, g, h0 = torch.randn(T, B, 3 * H), torch.randn(3 * H, H), torch.ones(3 * H), torch.zeros(B, H)
+
+    def gru(gamma_ih=g, gamma_hh=g, mask=None, p=0.0, eps=1e-5):
+        return ops.layernorm_gru_forward(xw3, gamma_ih, None, w, gamma_hh, None, h0, mask, p, None,
+                                         False, eps, True)
+
     with pytest.raises(RuntimeError, match="zoneout_h_mask must be a bool tensor"):
-        ops.layernorm_gru_forward(gx, w, g, None, h0, torch.zeros(T, B, H), 0.0, None, False, 1e-5, False)
+        gru(mask=torch.zeros(T, B, H))
     with pytest.raises(RuntimeError, match="zoneout_h_mask"):
-        ops.layernorm_gru_forward(gx, w, g, None, h0, torch.zeros(T, B, H + 1, dtype=torch.bool),
-                                  0.0, None, False, 1e-5, False)
+        gru(mask=torch.zeros(T, B, H + 1, dtype=torch.bool))
     with pytest.raises(RuntimeError, match=r"zoneout_h must lie in \[0, 1\)"):
-        ops.layernorm_gru_forward(gx, w, g, None, h0, None, 1.0, None, False, 1e-5, False)
+        gru(p=1.0)
     with pytest.raises(RuntimeError, match="eps must be positive"):
-        ops.layernorm_gru_forward(gx, w, g, None, h0, None, 0.0, None, False, 0.0, False)
+        gru(eps=0.0)
     with pytest.raises(RuntimeError, match="gamma_hh"):
-        ops.layernorm_gru_forward(gx, w, torch.ones(H), None, h0, None, 0.0, None, False, 1e-5, False)
+        gru(gamma_hh=torch.ones(H))
+    with pytest.raises(RuntimeError, match="gamma_ih"):
+        gru(gamma_ih=torch.ones(H))
+    y, _, p_hat, stats = gru()
+    assert stats.dtype == torch.float32 and stats.shape == (T, B, 3)
+    with pytest.raises(RuntimeError, match="stats"):
+        ops.layernorm_gru_backward(y, None, xw3, g, None, w, g, None, h0, None, 0.0, y, p_hat,
+                                   stats[..., :2], None, False)
+    # the LSTM op's input LN and its statistics workspace
+    xw, w4, g4, g = torch.randn(T, B, 4 * H), torch.randn(4 * H, H), torch.ones(4 * H), torch.ones(H)
+
+    def lstm(gamma_ih=g4, bias=None):
+        return ops.layernorm_lstm_forward(xw, gamma_ih, bias, w4, g4, g, g, h0, h0, None, None,
+                                          0.0, 0.0, None, False, 1e-5, True)
+
+    with pytest.raises(RuntimeError, match="gamma_ih"):
+        lstm(gamma_ih=torch.ones(3 * H))
+    with pytest.raises(RuntimeError, match="bias"):
+        lstm(bias=torch.ones(4 * H, dtype=torch.float64))
+    y, _, _, p_hat, c_hat, cs, stats = lstm()
+    assert stats.dtype == torch.float32 and stats.shape == (T, B, 4)
+
+    def lstm_backward(stats):
+        return ops.layernorm_lstm_backward(y, None, None, xw, g4, None, w4, g4, g, g, h0, h0, None,
+                                           None, 0.0, 0.0, y, p_hat, c_hat, cs, stats, None, False)
+
+    with pytest.raises(RuntimeError, match="stats has dtype"):
+        lstm_backward(stats.double())
+    with pytest.raises(RuntimeError, match="stats"):
+        lstm_backward(stats[..., :2])
 
 
 def test_unavailable_backend_refused():

@@ -52,8 +52,10 @@ def op_inputs(cell, T, B, H, dtype, *, zoneout, bias=True, seed=0):
         value = torch.randn(*shape, dtype=F64, generator=gen) * scale + shift
         return value.to(DEVICE, dtype).requires_grad_()
 
-    t = {"gx": leaf(T, B, G * H), "w_hh": leaf(G * H, H, scale=H**-0.5),
-         "gamma_hh": leaf(G * H, scale=0.3, shift=1.0)}
+    # the raw projection xw, off-centre: the op's input LN removes its mean
+    t = {"xw": leaf(T, B, G * H, scale=1.0, shift=0.7), "gamma_ih": leaf(G * H, shift=1.0),
+         "bias" if cell == "lstm" else "b_ih": leaf(G * H, scale=0.2) if bias else None}
+    t.update(w_hh=leaf(G * H, H, scale=H**-0.5), gamma_hh=leaf(G * H, scale=0.3, shift=1.0))
     if cell == "lstm":
         t.update(gamma_c=leaf(H, scale=0.3, shift=1.0), beta_c=leaf(H, scale=0.2))
     else:
@@ -74,20 +76,24 @@ def run_op(suffix, cell, t, masks, probabilities, lengths, reverse, eps=1e-5, sa
     """All outputs of the forward op ``fused_rnn::layernorm_{cell}_forward{suffix}``."""
     if cell == "lstm":
         return getattr(OPS, f"layernorm_lstm_forward{suffix}")(
-            t["gx"], t["w_hh"], t["gamma_hh"], t["gamma_c"], t["beta_c"], t["h0"], t["c0"],
-            masks["h"], masks["c"], probabilities["h"], probabilities["c"], lengths, reverse, eps,
-            save)
+            t["xw"], t["gamma_ih"], t["bias"], t["w_hh"], t["gamma_hh"], t["gamma_c"],
+            t["beta_c"], t["h0"], t["c0"], masks["h"], masks["c"], probabilities["h"],
+            probabilities["c"], lengths, reverse, eps, save)
     return getattr(OPS, f"layernorm_gru_forward{suffix}")(
-        t["gx"], t["w_hh"], t["gamma_hh"], t["b_hh"], t["h0"], masks["h"], probabilities["h"],
+        t["xw"], t["gamma_ih"], t["b_ih"], t["w_hh"], t["gamma_hh"], t["b_hh"], t["h0"], masks["h"],
+        probabilities["h"],
         lengths, reverse, eps, save)
 
 
 def run_reference(cell, t, masks, probabilities, lengths, reverse, eps=1e-5):
+    # the op's input LN, then the reference recurrence
+    gx = torch.nn.functional.layer_norm(t["xw"], t["xw"].shape[-1:], t["gamma_ih"],
+                                        t["bias"] if cell == "lstm" else t["b_ih"], eps)
     if cell == "lstm":
         return reference.layernorm_lstm(
-            t["gx"], t["w_hh"], t["gamma_hh"], t["gamma_c"], t["beta_c"], t["h0"], t["c0"],
+            gx, t["w_hh"], t["gamma_hh"], t["gamma_c"], t["beta_c"], t["h0"], t["c0"],
             masks["h"], masks["c"], probabilities["h"], probabilities["c"], lengths, reverse, eps)
-    return reference.layernorm_gru(t["gx"], t["w_hh"], t["gamma_hh"], t["b_hh"], t["h0"],
+    return reference.layernorm_gru(gx, t["w_hh"], t["gamma_hh"], t["b_hh"], t["h0"],
                                    masks["h"], probabilities["h"], lengths, reverse, eps)
 
 
@@ -403,18 +409,20 @@ def _error_of(fn):
 
 
 @pytest.mark.parametrize("bad", ["mask dtype", "mask shape", "zoneout", "eps", "gamma_hh",
-                                 "lengths"])
+                                 "gamma_ih", "lengths"])
 def test_argument_errors_as_cpu_op(bad):
     """The CPU op's conditions and messages (with the op's own name), before any kernel."""
     T, B, H = 2, 2, 3
-    args = dict(gx=torch.randn(T, B, 3 * H), w=torch.randn(3 * H, H), g=torch.ones(3 * H),
-                b=None, h0=torch.zeros(B, H), mask=None, p=0.0, lengths=None, eps=1e-5)
+    args = dict(xw=torch.randn(T, B, 3 * H), g_ih=torch.ones(3 * H), w=torch.randn(3 * H, H),
+                g=torch.ones(3 * H), b=None, h0=torch.zeros(B, H), mask=None, p=0.0,
+                lengths=None, eps=1e-5)
     args.update({
         "mask dtype": dict(mask=torch.zeros(T, B, H)),
         "mask shape": dict(mask=torch.zeros(T, B, H + 1, dtype=torch.bool)),
         "zoneout": dict(p=1.0),
         "eps": dict(eps=0.0),
         "gamma_hh": dict(g=torch.ones(H)),
+        "gamma_ih": dict(g_ih=torch.ones(H)),
         "lengths": dict(lengths=torch.tensor([3, 1])),
     }[bad])
 
@@ -424,8 +432,8 @@ def test_argument_errors_as_cpu_op(bad):
             a = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) and k != "lengths" else v
                  for k, v in a.items()}
         op = getattr(OPS, f"layernorm_gru_forward{suffix}")
-        return lambda: op(a["gx"], a["w"], a["g"], a["b"], a["h0"], a["mask"], a["p"],
-                          a["lengths"], False, a["eps"], False)
+        return lambda: op(a["xw"], a["g_ih"], None, a["w"], a["g"], a["b"], a["h0"], a["mask"],
+                          a["p"], a["lengths"], False, a["eps"], False)
 
     ours, theirs = _error_of(call("_triton")), _error_of(call(""))
     ours = ours.replace("layernorm_gru_forward_triton", "layernorm_gru_forward")
@@ -449,11 +457,12 @@ def test_opcheck(cell):
     t, masks, probabilities = op_inputs(cell, T, B, H, torch.float32, zoneout="mask")
     lengths = torch.tensor([3, 1])
     if cell == "lstm":
-        args = (t["gx"], t["w_hh"], t["gamma_hh"], t["gamma_c"], t["beta_c"], t["h0"], t["c0"],
-                masks["h"], None, 0.0, 0.2, lengths, False, 1e-5, True)
+        args = (t["xw"], t["gamma_ih"], t["bias"], t["w_hh"], t["gamma_hh"], t["gamma_c"],
+                t["beta_c"], t["h0"], t["c0"], masks["h"], None, 0.0, 0.2, lengths, False, 1e-5,
+                True)
     else:
-        args = (t["gx"], t["w_hh"], t["gamma_hh"], t["b_hh"], t["h0"], masks["h"], 0.0,
-                lengths, True, 1e-5, True)
+        args = (t["xw"], t["gamma_ih"], t["b_ih"], t["w_hh"], t["gamma_hh"], t["b_hh"], t["h0"],
+                masks["h"], 0.0, lengths, True, 1e-5, True)
     forward = getattr(OPS, f"layernorm_{cell}_forward_triton")
     _opcheck(forward, args)
     detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
@@ -461,11 +470,11 @@ def test_opcheck(cell):
         out = forward(*detached)
     if cell == "lstm":
         y, h_n, c_n, *workspace = out
-        backward_args = (torch.randn_like(y), None, torch.randn_like(c_n), *detached[1:7],
+        backward_args = (torch.randn_like(y), None, torch.randn_like(c_n), *detached[:9],
                          masks["h"], None, 0.0, 0.2, y, *workspace, lengths, False)
     else:
         y, h_n, *workspace = out
-        backward_args = (None, torch.randn_like(h_n), *detached[1:5], masks["h"], 0.0, y,
+        backward_args = (None, torch.randn_like(h_n), *detached[:7], masks["h"], 0.0, y,
                          *workspace, lengths, True)
     _opcheck(getattr(OPS, f"layernorm_{cell}_backward_triton"), backward_args)
 

@@ -56,6 +56,47 @@ def zoneout_kind(mask: Tensor | None, p: float) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+# The input LN, gx = LN(xw; γ_ih) + b, in torch around the kernels (the ops take the raw
+# projection xw, csrc/layernorm_ops.cpp; the kernels take gx). stats [T, B, >= 2]: mean and rstd
+# of each row of xw first, in the compute dtype.
+
+
+def input_layernorm(xw: Tensor, gamma_ih: Tensor, bias: Tensor | None, eps: float):
+    """gx in xw's dtype (the kernels' input), and its statistics [T, B, 2] (mean, rstd)."""
+    x = xw.to(_launch.compute_dtype(xw.dtype))
+    var, mean = torch.var_mean(x, dim=-1, unbiased=False, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    stats = torch.cat([mean, rstd], dim=-1)
+    return input_gates(xw, gamma_ih, bias, stats).to(xw.dtype), stats
+
+
+def input_gates(xw: Tensor, gamma_ih: Tensor, bias: Tensor | None, stats: Tensor) -> Tensor:
+    """gx from xw and its statistics, in the statistics' (compute) dtype."""
+    gx = (xw.to(stats.dtype) - stats[..., :1]) * stats[..., 1:2] * gamma_ih.to(stats.dtype)
+    return gx + bias.to(stats.dtype) if bias is not None else gx
+
+
+def on_real_steps(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """x [T, B, ...] with zeros on the padded steps (t >= lengths[b])."""
+    if lengths is None:
+        return x
+    steps = torch.arange(x.shape[0], device=x.device)[:, None]
+    real = steps < lengths.to(x.device)[None, :]
+    return torch.where(real.view(*real.shape, *([1] * (x.dim() - 2))), x, 0.0)
+
+
+def input_layernorm_backward(grad_gx: Tensor, xw: Tensor, gamma_ih: Tensor, stats: Tensor,
+                             lengths: Tensor | None):
+    """From the gradient of gx (compute dtype): those of xw, γ_ih and the bias, zero on padded
+    steps whatever xw holds there."""
+    x_hat = on_real_steps((xw.to(grad_gx.dtype) - stats[..., :1]) * stats[..., 1:2], lengths)
+    g = grad_gx * gamma_ih.to(grad_gx.dtype)
+    grad_xw = stats[..., 1:2] * (g - g.mean(-1, keepdim=True)
+                                 - x_hat * (g * x_hat).mean(-1, keepdim=True))
+    grad_xw = on_real_steps(grad_xw, lengths)
+    return grad_xw, (grad_gx * x_hat).sum((0, 1)), grad_gx.sum((0, 1))
+
+
 @dataclasses.dataclass(frozen=True)
 class Blocks:
     block_b: int      # batch rows per program

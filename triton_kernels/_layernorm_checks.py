@@ -29,6 +29,26 @@ def check_zoneout(op: str, name: str, mask: Tensor | None, p: float, ref: Tensor
     _check_shape(op, f"{name}_mask", mask, [T, B, H])
 
 
+def check_input_layernorm(op: str, gamma_ih: Tensor, bias: Tensor | None, ref: Tensor,
+                          size: int) -> None:
+    """The input LN's γ_ih [size] and its optional bias [size]."""
+    check_parameter(op, "gamma_ih", gamma_ih, ref, size)
+    if bias is not None:
+        check_parameter(op, "bias", bias, ref, size)
+
+
+def check_statistics(op: str, stats: Tensor, y: Tensor, shape: list[int]) -> None:
+    """The LNs' statistics workspace: ``y``'s device, its compute dtype, ``shape``."""
+    if stats.numel() == 0 and 0 not in shape:
+        _fail(op, "the stats workspace is empty: the forward ran with save_for_backward=False")
+    dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+    if stats.device != y.device:
+        _fail(op, f"stats is on {stats.device} but the input is on {y.device}")
+    if stats.dtype != dtype:
+        _fail(op, f"stats has dtype {stats.dtype} but the input's compute dtype is {dtype}")
+    _check_shape(op, "stats", stats, shape)
+
+
 def check_eps(op: str, eps: float) -> None:
     if not eps > 0.0:
         _fail(op, f"eps must be positive, got {eps:g}")

@@ -13,6 +13,11 @@ Backward, per step in reverse, likewise:
     C  the recurrent LN's backward: dp = rstd (dp̂ - mean dp̂ - p̂ mean(dp̂ p̂)), stored per step
 After the kernel, in torch: grad_w_hh = Σ_t dp_t^T h_{t-1} (_weight_grad.py), grad_gamma_hh =
 Σ dgh p̂, grad_b_hh = Σ dgh.
+
+The op takes the raw input projection xw (csrc/layernorm_ops.cpp): its LN runs in torch around
+the kernels, which take gx = LN(xw; γ_ih) + b_ih (_layernorm.py, input_layernorm); the
+forward's gates are dropped and the backward recomputes them in torch from xw, the saved
+statistics and p̂ (the CPU kernels do both inside).
 """
 
 from __future__ import annotations
@@ -37,11 +42,15 @@ from ._layernorm import (
     PER_CALL_INTEGERS,
     choose_blocks,
     initial_state_gradient,
+    input_gates,
+    input_layernorm,
+    input_layernorm_backward,
     launch_row_tiles,
     layernorm_backward_rows,
     mask_bytes,
     mean_rstd,
     normalised,
+    on_real_steps,
     parameter,
     recurrent_gradient,
     recurrent_product,
@@ -289,31 +298,49 @@ FORWARD_OP = "fused_rnn::layernorm_gru_forward_triton"
 BACKWARD_OP = "fused_rnn::layernorm_gru_backward_triton"
 
 
-def _check_layernorm_inputs(op, ref, gamma_hh, mask_h, zoneout_h, n) -> None:
+def _check_layernorm_inputs(op, ref, gamma_ih, b_ih, gamma_hh, b_hh, mask_h, zoneout_h,
+                            n) -> None:
+    _layernorm_checks.check_input_layernorm(op, gamma_ih, b_ih, ref, 3 * n.H)
     _layernorm_checks.check_parameter(op, "gamma_hh", gamma_hh, ref, 3 * n.H)
+    _checks._check_optional_like(op, "b_hh", b_hh, ref, [3 * n.H])
     _layernorm_checks.check_zoneout(op, "zoneout_h", mask_h, zoneout_h, ref, n.T, n.B, n.H)
 
 
+def _gates(xw, gamma_ih, b_ih, gamma_hh, b_hh, p_hat, stats, lengths) -> Tensor:
+    """The gates r, z, n [T, B, 3H] (xw's dtype) of the forward, recomputed from xw, the input
+    LN's statistics and p̂ (zeros on padded steps): the backward kernel reads them."""
+    gx_r, gx_z, gx_n = input_gates(xw, gamma_ih, b_ih, stats).chunk(3, dim=-1)
+    gh = gamma_hh.to(stats.dtype) * p_hat.to(stats.dtype)
+    if b_hh is not None:
+        gh = gh + b_hh.to(stats.dtype)
+    gh_r, gh_z, gh_n = gh.chunk(3, dim=-1)
+    r = (gx_r + gh_r).sigmoid()
+    gates = torch.cat([r, (gx_z + gh_z).sigmoid(), (gx_n + r * gh_n).tanh()], dim=-1)
+    return on_real_steps(gates, lengths).to(xw.dtype)
+
+
 def layernorm_gru_forward(
-    gx: Tensor, w_hh: Tensor, gamma_hh: Tensor, b_hh: Tensor | None, h0: Tensor,
-    zoneout_h_mask: Tensor | None, zoneout_h: float, lengths: Tensor | None, reverse: bool,
-    eps: float, save_for_backward: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    xw: Tensor, gamma_ih: Tensor, b_ih: Tensor | None, w_hh: Tensor, gamma_hh: Tensor,
+    b_hh: Tensor | None, h0: Tensor, zoneout_h_mask: Tensor | None, zoneout_h: float,
+    lengths: Tensor | None, reverse: bool, eps: float, save_for_backward: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     op = FORWARD_OP
-    n = _checks.check_forward_inputs(op, GATES, gx, w_hh, None, h0, None, b_hh, lengths)
-    _check_layernorm_inputs(op, gx, gamma_hh, zoneout_h_mask, zoneout_h, n)
+    n = _checks.check_forward_inputs(op, GATES, xw, w_hh, None, h0, None, b_hh, lengths)
+    _check_layernorm_inputs(op, xw, gamma_ih, b_ih, gamma_hh, b_hh, zoneout_h_mask, zoneout_h, n)
     _layernorm_checks.check_eps(op, eps)
     T, B, H = n.T, n.B, n.H
 
     def workspace(*shape):
-        return empty_output(shape, gx) if save_for_backward else gx.new_empty(0)
+        return empty_output(shape, xw) if save_for_backward else xw.new_empty(0)
 
-    y = empty_output((T, B, H), gx)
+    y = empty_output((T, B, H), xw)
+    # the kernel's own workspace: the gates it writes are dropped (the backward recomputes them)
     gates, p_hat, rstd = workspace(T, B, 3 * H), workspace(T, B, 3 * H), workspace(T, B)
+    cdt = compute_dtype(xw.dtype)
     if T == 0 or B == 0 or H == 0:
-        return y.zero_(), h0.clone(), gates, p_hat, rstd
+        return y.zero_(), h0.clone(), p_hat, workspace(T, B, 3).to(cdt)
+    gx, input_stats = input_layernorm(xw, gamma_ih, b_ih, eps)
 
-    cdt = compute_dtype(gx.dtype)
     h = gx.new_empty((2, B, H), dtype=cdt)
     h[0].copy_(h0)
     placeholder = gx.new_empty(1)
@@ -330,30 +357,35 @@ def layernorm_gru_forward(
         dict(REVERSE=reverse, HAS_LENGTHS=lengths is not None, HAS_BIAS=b_hh is not None,
              SAVE=save_for_backward, KEEP_H=zoneout_kind(zoneout_h_mask, zoneout_h)),
     )
-    return y, state_out(h, T % 2, gx.dtype), gates, p_hat, rstd
+    stats = (torch.cat([input_stats, rstd.to(cdt)[..., None]], dim=-1) if save_for_backward
+             else rstd.to(cdt))
+    return y, state_out(h, T % 2, gx.dtype), p_hat, stats
 
 
 def layernorm_gru_backward(
-    grad_y: Tensor | None, grad_h_n: Tensor | None, w_hh: Tensor, gamma_hh: Tensor,
-    b_hh: Tensor | None, h0: Tensor, zoneout_h_mask: Tensor | None, zoneout_h: float, y: Tensor,
-    gates: Tensor, p_hat: Tensor, rstd: Tensor, lengths: Tensor | None, reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    grad_y: Tensor | None, grad_h_n: Tensor | None, xw: Tensor, gamma_ih: Tensor,
+    b_ih: Tensor | None, w_hh: Tensor, gamma_hh: Tensor, b_hh: Tensor | None, h0: Tensor,
+    zoneout_h_mask: Tensor | None, zoneout_h: float, y: Tensor, p_hat: Tensor, stats: Tensor,
+    lengths: Tensor | None, reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     op = BACKWARD_OP
     n = _checks.check_backward_inputs(op, GATES, w_hh, None, h0, None, y, lengths, grad_y,
                                       grad_h_n, None)
-    _check_layernorm_inputs(op, y, gamma_hh, zoneout_h_mask, zoneout_h, n)
-    _checks._check_optional_like(op, "b_hh", b_hh, y, [3 * n.H])
     T, B, H = n.T, n.B, n.H
-    _checks.check_workspace(op, "gates", gates, y, (T, B, 3 * H))
+    _checks.check_workspace(op, "xw", xw, y, (T, B, 3 * H))
+    _check_layernorm_inputs(op, y, gamma_ih, b_ih, gamma_hh, b_hh, zoneout_h_mask, zoneout_h, n)
     _checks.check_workspace(op, "p_hat", p_hat, y, (T, B, 3 * H))
-    _checks.check_workspace(op, "rstd", rstd, y, (T, B))
+    _layernorm_checks.check_statistics(op, stats, y, [T, B, 3])
     cdt = compute_dtype(y.dtype)
     dh = y.new_zeros((2, B, H), dtype=cdt)
     if grad_h_n is not None:
         dh[0].copy_(grad_h_n)
     if T == 0 or B == 0 or H == 0:
-        return (y.new_zeros(T, B, 3 * H), y.new_zeros(3 * H, H), y.new_zeros(3 * H),
-                y.new_zeros(3 * H), state_out(dh, 0, y.dtype))
+        return (y.new_zeros(T, B, 3 * H), y.new_zeros(3 * H), y.new_zeros(3 * H),
+                y.new_zeros(3 * H, H), y.new_zeros(3 * H), y.new_zeros(3 * H),
+                state_out(dh, 0, y.dtype))
+    gates = _gates(xw, gamma_ih, b_ih, gamma_hh, b_hh, p_hat, stats, lengths)
+    rstd = stats[..., 2].to(y.dtype)
 
     # every element written by the kernel (NaN first under FUSED_RNN_FILL_UNINITIALIZED=1)
     dgx = empty_output((T, B, 3 * H), dh)
@@ -379,6 +411,9 @@ def layernorm_gru_backward(
         dgh[:, :, 2 * H:] *= gates[:, :, :H].to(cdt)      # gh_n enters as r * gh_n
         grad_gamma_hh = (dgh * p_hat.to(cdt)).sum((0, 1))
         grad_b_hh = dgh.sum((0, 1))
+        grad_xw, grad_gamma_ih, grad_b_ih = input_layernorm_backward(dgx, xw, gamma_ih, stats,
+                                                                     lengths)
     storage = y.dtype
-    return (dgx.to(storage), grad_w_hh.to(storage), grad_gamma_hh.to(storage),
-            grad_b_hh.to(storage), state_out(dh, (T + 1) % 2, storage))
+    return (grad_xw.to(storage), grad_gamma_ih.to(storage), grad_b_ih.to(storage),
+            grad_w_hh.to(storage), grad_gamma_hh.to(storage), grad_b_hh.to(storage),
+            state_out(dh, (T + 1) % 2, storage))

@@ -17,6 +17,11 @@ Backward, per step in reverse, likewise:
 After the kernel, in torch: grad_w_hh = Σ_t dp_t^T h_{t-1} (_weight_grad.py), grad_gamma_hh =
 Σ da p̂, grad_gamma_c = Σ dn ĉ, grad_beta_c = Σ dn.
 
+The op takes the raw input projection xw (csrc/layernorm_ops.cpp): its LN runs in torch around
+the kernels, which take gx = LN(xw; γ_ih) + b (_layernorm.py, input_layernorm); the forward's
+gates are dropped and the backward recomputes them in torch from xw, the saved statistics and
+p̂ (the CPU kernels do both inside).
+
 No buffer is updated in place within a step: each pass reads one buffer and writes another
 (the states are ping-ponged over the steps), so no thread of the program can read a value that
 another one has already replaced.
@@ -44,11 +49,15 @@ from ._layernorm import (
     PER_CALL_INTEGERS,
     choose_blocks,
     initial_state_gradient,
+    input_gates,
+    input_layernorm,
+    input_layernorm_backward,
     launch_row_tiles,
     layernorm_backward_rows,
     mask_bytes,
     mean_rstd,
     normalised,
+    on_real_steps,
     parameter,
     recurrent_gradient,
     recurrent_product,
@@ -387,29 +396,42 @@ def _check_layernorm_inputs(op, ref, gamma_hh, gamma_c, beta_c, mask_h, mask_c, 
     _layernorm_checks.check_zoneout(op, "zoneout_c", mask_c, zoneout_c, ref, n.T, n.B, n.H)
 
 
+def _gates(xw, gamma_ih, bias, gamma_hh, p_hat, stats, lengths) -> Tensor:
+    """The activated gates i, f, g, o [T, B, 4H] (xw's dtype) of the forward, recomputed from
+    xw, the input LN's statistics and p̂ (zeros on padded steps): the backward kernel reads them."""
+    a = input_gates(xw, gamma_ih, bias, stats) + gamma_hh.to(stats.dtype) * p_hat.to(stats.dtype)
+    i, f, g, o = a.chunk(4, dim=-1)
+    gates = torch.cat([i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()], dim=-1)
+    return on_real_steps(gates, lengths).to(xw.dtype)
+
+
 def layernorm_lstm_forward(
-    gx: Tensor, w_hh: Tensor, gamma_hh: Tensor, gamma_c: Tensor, beta_c: Tensor, h0: Tensor,
-    c0: Tensor, zoneout_h_mask: Tensor | None, zoneout_c_mask: Tensor | None, zoneout_h: float,
-    zoneout_c: float, lengths: Tensor | None, reverse: bool, eps: float,
-    save_for_backward: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    xw: Tensor, gamma_ih: Tensor, bias: Tensor | None, w_hh: Tensor, gamma_hh: Tensor,
+    gamma_c: Tensor, beta_c: Tensor, h0: Tensor, c0: Tensor, zoneout_h_mask: Tensor | None,
+    zoneout_c_mask: Tensor | None, zoneout_h: float, zoneout_c: float, lengths: Tensor | None,
+    reverse: bool, eps: float, save_for_backward: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     op = FORWARD_OP
-    n = _checks.check_forward_inputs(op, GATES, gx, w_hh, None, h0, c0, None, lengths)
-    _check_layernorm_inputs(op, gx, gamma_hh, gamma_c, beta_c, zoneout_h_mask, zoneout_c_mask,
+    n = _checks.check_forward_inputs(op, GATES, xw, w_hh, None, h0, c0, None, lengths)
+    _layernorm_checks.check_input_layernorm(op, gamma_ih, bias, xw, 4 * n.H)
+    _check_layernorm_inputs(op, xw, gamma_hh, gamma_c, beta_c, zoneout_h_mask, zoneout_c_mask,
                             zoneout_h, zoneout_c, n)
     _layernorm_checks.check_eps(op, eps)
     T, B, H = n.T, n.B, n.H
 
     def workspace(*shape):
-        return empty_output(shape, gx) if save_for_backward else gx.new_empty(0)
+        return empty_output(shape, xw) if save_for_backward else xw.new_empty(0)
 
-    y = empty_output((T, B, H), gx)
+    y = empty_output((T, B, H), xw)
+    # the kernel's own workspace: the gates it writes are dropped (the backward recomputes them)
     gates, p_hat = workspace(T, B, 4 * H), workspace(T, B, 4 * H)
     c_hat, cs, rstd = workspace(T, B, H), workspace(T, B, H), workspace(T, B, 2)
+    cdt = compute_dtype(xw.dtype)
     if T == 0 or B == 0 or H == 0:
-        return y.zero_(), h0.clone(), c0.clone(), gates, p_hat, c_hat, cs, rstd
+        stats = workspace(T, B, 4).to(cdt)
+        return y.zero_(), h0.clone(), c0.clone(), p_hat, c_hat, cs, stats
+    gx, input_stats = input_layernorm(xw, gamma_ih, bias, eps)
 
-    cdt = compute_dtype(gx.dtype)
     h = gx.new_empty((2, B, H), dtype=cdt)
     c = gx.new_empty((2, B, H), dtype=cdt)
     h[0].copy_(h0)
@@ -429,28 +451,30 @@ def layernorm_lstm_forward(
              KEEP_H=zoneout_kind(zoneout_h_mask, zoneout_h),
              KEEP_C=zoneout_kind(zoneout_c_mask, zoneout_c)),
     )
-    return (y, state_out(h, T % 2, gx.dtype), state_out(c, T % 2, gx.dtype), gates, p_hat, c_hat,
-            cs, rstd)
+    stats = torch.cat([input_stats, rstd.to(cdt)], dim=-1) if save_for_backward else rstd.to(cdt)
+    return (y, state_out(h, T % 2, gx.dtype), state_out(c, T % 2, gx.dtype), p_hat, c_hat, cs,
+            stats)
 
 
 def layernorm_lstm_backward(
-    grad_y: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None, w_hh: Tensor,
-    gamma_hh: Tensor, gamma_c: Tensor, beta_c: Tensor, h0: Tensor, c0: Tensor,
-    zoneout_h_mask: Tensor | None, zoneout_c_mask: Tensor | None, zoneout_h: float,
-    zoneout_c: float, y: Tensor, gates: Tensor, p_hat: Tensor, c_hat: Tensor, cs: Tensor,
-    rstd: Tensor, lengths: Tensor | None, reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    grad_y: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None, xw: Tensor,
+    gamma_ih: Tensor, bias: Tensor | None, w_hh: Tensor, gamma_hh: Tensor, gamma_c: Tensor,
+    beta_c: Tensor, h0: Tensor, c0: Tensor, zoneout_h_mask: Tensor | None,
+    zoneout_c_mask: Tensor | None, zoneout_h: float, zoneout_c: float, y: Tensor, p_hat: Tensor,
+    c_hat: Tensor, cs: Tensor, stats: Tensor, lengths: Tensor | None, reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     op = BACKWARD_OP
     n = _checks.check_backward_inputs(op, GATES, w_hh, None, h0, c0, y, lengths, grad_y,
                                       grad_h_n, grad_c_n)
+    T, B, H = n.T, n.B, n.H
+    _checks.check_workspace(op, "xw", xw, y, (T, B, 4 * H))
+    _layernorm_checks.check_input_layernorm(op, gamma_ih, bias, y, 4 * H)
     _check_layernorm_inputs(op, y, gamma_hh, gamma_c, beta_c, zoneout_h_mask, zoneout_c_mask,
                             zoneout_h, zoneout_c, n)
-    T, B, H = n.T, n.B, n.H
-    _checks.check_workspace(op, "gates", gates, y, (T, B, 4 * H))
     _checks.check_workspace(op, "p_hat", p_hat, y, (T, B, 4 * H))
     _checks.check_workspace(op, "c_hat", c_hat, y, (T, B, H))
     _checks.check_workspace(op, "cs", cs, y, (T, B, H))
-    _checks.check_workspace(op, "rstd", rstd, y, (T, B, 2))
+    _layernorm_checks.check_statistics(op, stats, y, [T, B, 4])
     cdt = compute_dtype(y.dtype)
     dh = y.new_zeros((2, B, H), dtype=cdt)
     dc = y.new_zeros((2, B, H), dtype=cdt)
@@ -459,9 +483,11 @@ def layernorm_lstm_backward(
     if grad_c_n is not None:
         dc[0].copy_(grad_c_n)
     if T == 0 or B == 0 or H == 0:
-        return (y.new_zeros(T, B, 4 * H), y.new_zeros(4 * H, H), y.new_zeros(4 * H),
-                y.new_zeros(H), y.new_zeros(H), state_out(dh, 0, y.dtype),
-                state_out(dc, 0, y.dtype))
+        return (y.new_zeros(T, B, 4 * H), y.new_zeros(4 * H), y.new_zeros(4 * H),
+                y.new_zeros(4 * H, H), y.new_zeros(4 * H), y.new_zeros(H), y.new_zeros(H),
+                state_out(dh, 0, y.dtype), state_out(dc, 0, y.dtype))
+    gates = _gates(xw, gamma_ih, bias, gamma_hh, p_hat, stats, lengths)
+    rstd = stats[..., 2:].to(y.dtype)
 
     # every element written by the kernel (NaN first under FUSED_RNN_FILL_UNINITIALIZED=1)
     dgx = empty_output((T, B, 4 * H), dh)
@@ -489,7 +515,10 @@ def layernorm_lstm_backward(
         grad_gamma_hh = (dgx * p_hat.to(cdt)).sum((0, 1))
         grad_gamma_c = (dn * c_hat.to(cdt)).sum((0, 1))
         grad_beta_c = dn.sum((0, 1))
+        grad_xw, grad_gamma_ih, grad_bias = input_layernorm_backward(dgx, xw, gamma_ih, stats,
+                                                                     lengths)
     storage = y.dtype
-    return (dgx.to(storage), grad_w_hh.to(storage), grad_gamma_hh.to(storage),
+    return (grad_xw.to(storage), grad_gamma_ih.to(storage), grad_bias.to(storage),
+            grad_w_hh.to(storage), grad_gamma_hh.to(storage),
             grad_gamma_c.to(storage), grad_beta_c.to(storage), state_out(dh, (T + 1) % 2, storage),
             state_out(dc, T % 2, storage))

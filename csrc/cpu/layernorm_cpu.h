@@ -268,6 +268,72 @@ class UnitGradients {
 };
 
 // ---------------------------------------------------------------------------------------------
+// The input side's LN, gx = γ_ih (xw - mean) rstd + b over the G*H gate values of each row of
+// the input projection xw [T, B, G*H]: its statistics for all rows in one pass before the loop;
+// its values recomputed where a step uses them, in the forward and again in the backward, so
+// that a training step keeps xw alone for the input side (no normalised copy, no activated
+// gates); its backward in one pass after the loop, in place on the gate gradients.
+// ---------------------------------------------------------------------------------------------
+
+// A gate value of the input side.
+template <typename T>
+__attribute__((always_inline)) inline T input_gate(T xw, T mean, T rstd, T gamma, T bias) {
+  return gamma * ((xw - mean) * rstd) + bias;
+}
+
+// The input side of one row, at the offset of a worker's first unit: gate value i = q*H + j of
+// gx = LN(xw; γ_ih) + b.
+template <typename T>
+struct InputRow {
+  const T* xw;     // the row of xw
+  T mean, rstd;    // its statistics
+  const T* gamma;  // γ_ih
+  const T* bias;   // b (zeros without a bias)
+
+  __attribute__((always_inline)) T gate(int64_t i) const {
+    return input_gate(xw[i], mean, rstd, gamma[i], bias[i]);
+  }
+};
+
+// The input LN's statistics of the row of xw at (t, b): stats[0] mean, stats[1] rstd.
+template <typename T>
+struct InputStatistics {
+  const T* data;   // [T, B, stride]
+  int64_t stride;  // 2 (the statistics alone) or the width of the workspace holding them
+  const T* at(int64_t t, int64_t b, int64_t B) const { return data + (t * B + b) * stride; }
+};
+
+// bias, or zeros of gamma_ih's shape (the kernels add a bias either way).
+inline Tensor bias_or_zeros(const optional<Tensor>& bias, const Tensor& gamma_ih) {
+  return has(bias) ? *bias : at::zeros_like(gamma_ih);
+}
+
+// The outputs in the storage dtype, but the statistics (the last), which stay in the compute
+// dtype (csrc/layernorm_checks.h, check_statistics).
+template <typename Tuple>
+Tuple with_statistics_in_compute(const Tuple& out, at::ScalarType storage) {
+  Tuple result = outputs_in_storage(out, storage);
+  std::get<std::tuple_size_v<Tuple> - 1>(result) = std::get<std::tuple_size_v<Tuple> - 1>(out);
+  return result;
+}
+
+// mean and rstd (biased variance, eps) of each of the rows [rows, width] of xw into stats (row
+// r at stats + r * stride). In cpu/input_layernorm.cpp, for float and double.
+template <typename T>
+void input_layernorm_statistics(const T* xw, int64_t rows, int64_t width, double eps, T* stats,
+                                int64_t stride);
+
+// The input LN's backward, after the loop: grad [T, B, width] holds the gradient of gx and
+// becomes that of xw, rstd (g - mean(g) - x̂ mean(g x̂)) with g = da γ_ih, on the real steps
+// (zero on padded ones, whatever xw holds there); returns the gradients of γ_ih and of the
+// bias ([width] each, double). In cpu/input_layernorm.cpp, for float and double.
+template <typename T>
+std::pair<Tensor, Tensor> input_layernorm_backward(T* grad, const T* xw,
+                                                   const InputStatistics<T>& stats,
+                                                   const T* gamma, int64_t T_steps, int64_t B,
+                                                   int64_t width, const int64_t* lengths);
+
+// ---------------------------------------------------------------------------------------------
 // The recurrent weight's gradient, grad_w_hh = sum over steps of dp_t^T h_prev_t, accumulated
 // during the backward loop instead of from a [T, B, G*H] buffer of dp after it (as the plain
 // cells do): that buffer was the largest allocation of a training step after the workspace.
