@@ -16,8 +16,8 @@ After the kernel, in torch: grad_w_hh = Σ_t dp_t^T h_{t-1} (_weight_grad.py), g
 
 The op takes the raw input projection xw (csrc/layernorm_ops.cpp): its LN runs in torch around
 the kernels, which take gx = LN(xw; γ_ih) + b_ih (_layernorm.py, input_layernorm); the
-forward's gates are dropped and the backward recomputes them in torch from xw, the saved
-statistics and p̂ (the CPU kernels do both inside).
+forward does not store the gates: the backward recomputes them in torch from xw, the saved
+statistics and p̂ for its kernel (the CPU kernels do both inside).
 """
 
 from __future__ import annotations
@@ -92,8 +92,7 @@ def layernorm_gru_forward_kernel(
     y_ptr,          # [T, B, H]
     h_ptr,          # [2, B, H] gate-maths dtype: h before step s at [s % 2] (h0 at [0])
     p_ptr,          # [B, 3H] scratch: the step's recurrent product
-    gates_ptr,      # [T, B, 3H] workspace (written when SAVE): r, z, n
-    p_hat_ptr,      # [T, B, 3H] p̂
+    p_hat_ptr,      # [T, B, 3H] workspace (written when SAVE): p̂
     rstd_ptr,       # [T, B] rstd of p
     T, B, H,
     REVERSE: tl.constexpr,
@@ -161,9 +160,6 @@ def layernorm_gru_forward_kernel(
             if SAVE:
                 # zeros on padded steps
                 ws = t64 * B * (3 * H) + gate_col
-                store_real(gates_ptr + ws + 0 * H, r, real, m, ROUND_BF16)
-                store_real(gates_ptr + ws + 1 * H, z, real, m, ROUND_BF16)
-                store_real(gates_ptr + ws + 2 * H, n, real, m, ROUND_BF16)
                 store_real(p_hat_ptr + ws + 0 * H, p_hat_r, real, m, ROUND_BF16)
                 store_real(p_hat_ptr + ws + 1 * H, p_hat_z, real, m, ROUND_BF16)
                 store_real(p_hat_ptr + ws + 2 * H, p_hat_n, real, m, ROUND_BF16)
@@ -334,8 +330,7 @@ def layernorm_gru_forward(
         return empty_output(shape, xw) if save_for_backward else xw.new_empty(0)
 
     y = empty_output((T, B, H), xw)
-    # the kernel's own workspace: the gates it writes are dropped (the backward recomputes them)
-    gates, p_hat, rstd = workspace(T, B, 3 * H), workspace(T, B, 3 * H), workspace(T, B)
+    p_hat, rstd = workspace(T, B, 3 * H), workspace(T, B)
     cdt = compute_dtype(xw.dtype)
     if T == 0 or B == 0 or H == 0:
         return y.zero_(), h0.clone(), p_hat, workspace(T, B, 3).to(cdt)
@@ -352,7 +347,7 @@ def layernorm_gru_forward(
          mask_bytes(zoneout_h_mask, placeholder), scalars(gx, eps, zoneout_h, 0.0),
          kernel_lengths(lengths, gx.device, placeholder), y, h,
          gx.new_empty((B, 3 * H), dtype=cdt),
-         *((gates, p_hat, rstd) if save_for_backward else (placeholder,) * 3)),
+         *((p_hat, rstd) if save_for_backward else (placeholder,) * 2)),
         T, B, H, gx,
         dict(REVERSE=reverse, HAS_LENGTHS=lengths is not None, HAS_BIAS=b_hh is not None,
              SAVE=save_for_backward, KEEP_H=zoneout_kind(zoneout_h_mask, zoneout_h)),

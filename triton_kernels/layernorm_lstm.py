@@ -18,9 +18,9 @@ After the kernel, in torch: grad_w_hh = Σ_t dp_t^T h_{t-1} (_weight_grad.py), g
 Σ da p̂, grad_gamma_c = Σ dn ĉ, grad_beta_c = Σ dn.
 
 The op takes the raw input projection xw (csrc/layernorm_ops.cpp): its LN runs in torch around
-the kernels, which take gx = LN(xw; γ_ih) + b (_layernorm.py, input_layernorm); the forward's
-gates are dropped and the backward recomputes them in torch from xw, the saved statistics and
-p̂ (the CPU kernels do both inside).
+the kernels, which take gx = LN(xw; γ_ih) + b (_layernorm.py, input_layernorm); the forward
+does not store the gates: the backward recomputes them in torch from xw, the saved statistics
+and p̂ for its kernel (the CPU kernels do both inside).
 
 No buffer is updated in place within a step: each pass reads one buffer and writes another
 (the states are ping-ponged over the steps), so no thread of the program can read a value that
@@ -94,8 +94,7 @@ def layernorm_lstm_forward_kernel(
     c_ptr,          # [2, B, H] the same for c
     p_ptr,          # [B, 4H] scratch: the step's recurrent product
     cell_ptr,       # [B, 2H] scratch: the step's c', then o
-    gates_ptr,      # [T, B, 4H] workspace (written when SAVE): i, f, g, o
-    p_hat_ptr,      # [T, B, 4H] p̂
+    p_hat_ptr,      # [T, B, 4H] workspace (written when SAVE): p̂
     c_hat_ptr,      # [T, B, H] ĉ
     cs_ptr,         # [T, B, H] c_t
     rstd_ptr,       # [T, B, 2] rstd of p and of c'
@@ -168,10 +167,6 @@ def layernorm_lstm_forward_kernel(
             if SAVE:
                 # zeros on padded steps
                 ws = t64 * B * (4 * H) + gate_col
-                store_real(gates_ptr + ws + 0 * H, i, real, m, ROUND_BF16)
-                store_real(gates_ptr + ws + 1 * H, f, real, m, ROUND_BF16)
-                store_real(gates_ptr + ws + 2 * H, g, real, m, ROUND_BF16)
-                store_real(gates_ptr + ws + 3 * H, o, real, m, ROUND_BF16)
                 store_real(p_hat_ptr + ws + 0 * H, p_hat_i, real, m, ROUND_BF16)
                 store_real(p_hat_ptr + ws + 1 * H, p_hat_f, real, m, ROUND_BF16)
                 store_real(p_hat_ptr + ws + 2 * H, p_hat_g, real, m, ROUND_BF16)
@@ -423,8 +418,7 @@ def layernorm_lstm_forward(
         return empty_output(shape, xw) if save_for_backward else xw.new_empty(0)
 
     y = empty_output((T, B, H), xw)
-    # the kernel's own workspace: the gates it writes are dropped (the backward recomputes them)
-    gates, p_hat = workspace(T, B, 4 * H), workspace(T, B, 4 * H)
+    p_hat = workspace(T, B, 4 * H)
     c_hat, cs, rstd = workspace(T, B, H), workspace(T, B, H), workspace(T, B, 2)
     cdt = compute_dtype(xw.dtype)
     if T == 0 or B == 0 or H == 0:
@@ -445,7 +439,7 @@ def layernorm_lstm_forward(
          mask_bytes(zoneout_c_mask, placeholder), scalars(gx, eps, zoneout_h, zoneout_c),
          kernel_lengths(lengths, gx.device, placeholder), y, h, c,
          gx.new_empty((B, 4 * H), dtype=cdt), gx.new_empty((B, 2 * H), dtype=cdt),
-         *((gates, p_hat, c_hat, cs, rstd) if save_for_backward else (placeholder,) * 5)),
+         *((p_hat, c_hat, cs, rstd) if save_for_backward else (placeholder,) * 4)),
         T, B, H, gx,
         dict(REVERSE=reverse, HAS_LENGTHS=lengths is not None, SAVE=save_for_backward,
              KEEP_H=zoneout_kind(zoneout_h_mask, zoneout_h),
