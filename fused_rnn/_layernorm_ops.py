@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ._ops import _NO_WORKSPACE, _empty_workspace
+from .reference import _compute_dtype
 
 NO_SECOND_DERIVATIVE = (
     "fused_rnn: the layer-normalised cells (LayerNormLSTM, LayerNormGRU) have no second "
@@ -24,11 +25,6 @@ NO_SECOND_DERIVATIVE = (
 # ---------------------------------------------------------------------------------------------
 
 
-def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the LSTM op's ``stats`` workspace: the compute dtype of ``dtype``."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def layernorm_lstm_forward_fake(xw, gamma_ih, bias, w_hh, gamma_hh, gamma_c, beta_c, h0, c0,
                                 zoneout_h_mask, zoneout_c_mask, zoneout_h, zoneout_c, lengths,
                                 reverse, eps, save_for_backward):
@@ -37,7 +33,7 @@ def layernorm_lstm_forward_fake(xw, gamma_ih, bias, w_hh, gamma_hh, gamma_c, bet
     def workspace(*shape):
         return _empty_workspace(xw, save_for_backward, *shape)
 
-    stats = workspace(T, B, 4).to(statistics_dtype(xw.dtype))
+    stats = workspace(T, B, 4).to(_compute_dtype(xw.dtype))  # the stats are in the compute dtype
     return (xw.new_empty(T, B, H), xw.new_empty(B, H), xw.new_empty(B, H),
             workspace(T, B, 4 * H), workspace(T, B, H), workspace(T, B, H), stats)
 
@@ -58,7 +54,7 @@ def layernorm_gru_forward_fake(xw, gamma_ih, b_ih, w_hh, gamma_hh, b_hh, h0, zon
     def workspace(*shape):
         return _empty_workspace(xw, save_for_backward, *shape)
 
-    stats = workspace(T, B, 3).to(statistics_dtype(xw.dtype))
+    stats = workspace(T, B, 3).to(_compute_dtype(xw.dtype))
     return xw.new_empty(T, B, H), xw.new_empty(B, H), workspace(T, B, 3 * H), stats
 
 

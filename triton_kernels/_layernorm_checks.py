@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ._checks import _check_like, _check_shape, _fail
+from ._launch import compute_dtype
 
 
 def check_parameter(op: str, name: str, t: Tensor, ref: Tensor, size: int) -> None:
@@ -41,7 +42,7 @@ def check_statistics(op: str, stats: Tensor, y: Tensor, shape: list[int]) -> Non
     """The LNs' statistics workspace: ``y``'s device, its compute dtype, ``shape``."""
     if stats.numel() == 0 and 0 not in shape:
         _fail(op, "the stats workspace is empty: the forward ran with save_for_backward=False")
-    dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(y.dtype)
     if stats.device != y.device:
         _fail(op, f"stats is on {stats.device} but the input is on {y.device}")
     if stats.dtype != dtype:
