@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
 import fused_rnn
 from fused_rnn import testing
 from fused_rnn.testing import LAYERS, flatten_states, make_pair, max_abs_error, outputs_and_grads  # noqa: F401
+
+def triton_test_device() -> torch.device:
+    """Where the Triton test modules run the kernels: on CPU tensors in the interpreter
+    (TRITON_INTERPRET=1, which conftest.py sets before triton is imported), else on the GPU.
+    Called at a module's import: skips the whole module without Triton, or with neither."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        pytest.skip("Triton kernels need a GPU, or TRITON_INTERPRET=1 set before triton is imported",
+                    allow_module_level=True)
+    return torch.device("cuda")
+
 
 #: fused_rnn cell class, torch.nn cell class, extra constructor kwargs
 CELL_MODULES = {
@@ -106,3 +122,86 @@ def assert_compile_check_types_pointers_as_launched(monkeypatch, run, dtype):
                 assert types[name] == launched, (
                     f"{kernel.__name__}: compile_check types {name} as {types[name]}, the "
                     f"launch passes {launched}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer-normalised ops (tests/test_layernorm.py, tests/test_triton_layernorm.py)
+# ---------------------------------------------------------------------------------------------
+
+LAYERNORM_GATES = {"lstm": 4, "gru": 3}
+
+
+def make_lengths(kind: str, T: int, B: int):
+    """None ("none"), or ("varied") a full-length, a zero-length and varied sequences."""
+    if kind == "none":
+        return None
+    values = [T, 0] + [(b * 7) % (T + 1) for b in range(2, B)]
+    return torch.tensor(values[:B], dtype=torch.int64)
+
+
+def layernorm_op_inputs(cell, T, B, H, dtype, *, zoneout, bias=True, device="cpu",
+                        generator=None):
+    """The op's differentiable tensors (fp64 draws from ``generator``, or torch's, cast to
+    ``dtype`` on ``device``), its zoneout masks and probabilities. zoneout: "none"; "mask",
+    training masks with p = 0.3 (0.2 for c); "expectation", eval's blend."""
+    G = LAYERNORM_GATES[cell]
+
+    def leaf(*shape, scale=0.5, shift=0.0):
+        value = torch.randn(*shape, dtype=torch.float64, generator=generator) * scale + shift
+        return value.to(device, dtype).requires_grad_()
+
+    # the raw projection xw, off-centre: the op's input LN removes its mean
+    t = {"xw": leaf(T, B, G * H, scale=1.0, shift=0.7), "gamma_ih": leaf(G * H, shift=1.0),
+         "bias" if cell == "lstm" else "b_ih": leaf(G * H, scale=0.2) if bias else None}
+    t.update(w_hh=leaf(G * H, H, scale=H**-0.5), gamma_hh=leaf(G * H, scale=0.3, shift=1.0))
+    if cell == "lstm":
+        t.update(gamma_c=leaf(H, scale=0.3, shift=1.0), beta_c=leaf(H, scale=0.2))
+    else:
+        t["b_hh"] = leaf(G * H) if bias else None
+    t["h0"] = leaf(B, H)
+    if cell == "lstm":
+        t["c0"] = leaf(B, H)
+    masks, probabilities = {"h": None, "c": None}, {"h": 0.0, "c": 0.0}
+    if zoneout != "none":
+        probabilities = {"h": 0.3, "c": 0.2}
+        if zoneout == "mask":
+            masks = {k: (torch.rand(T, B, H, generator=generator) < p).to(device)
+                     for k, p in probabilities.items()}
+    return t, masks, probabilities
+
+
+def run_layernorm_op(suffix, cell, t, masks, probabilities, lengths, reverse, eps=1e-5,
+                     save=True):
+    """All outputs of the forward op ``fused_rnn::layernorm_{cell}_forward{suffix}``."""
+    ops = torch.ops.fused_rnn
+    if cell == "lstm":
+        return getattr(ops, f"layernorm_lstm_forward{suffix}")(
+            t["xw"], t["gamma_ih"], t["bias"], t["w_hh"], t["gamma_hh"], t["gamma_c"],
+            t["beta_c"], t["h0"], t["c0"], masks["h"], masks["c"], probabilities["h"],
+            probabilities["c"], lengths, reverse, eps, save)
+    return getattr(ops, f"layernorm_gru_forward{suffix}")(
+        t["xw"], t["gamma_ih"], t["b_ih"], t["w_hh"], t["gamma_hh"], t["b_hh"], t["h0"],
+        masks["h"], probabilities["h"], lengths, reverse, eps, save)
+
+
+def run_layernorm_reference(cell, t, masks, probabilities, lengths, reverse, eps=1e-5):
+    """The op's input LN (F.layer_norm), then fused_rnn/reference.py's recurrence."""
+    from fused_rnn import reference
+
+    gx = torch.nn.functional.layer_norm(t["xw"], t["xw"].shape[-1:], t["gamma_ih"],
+                                        t["bias"] if cell == "lstm" else t["b_ih"], eps)
+    if cell == "lstm":
+        return reference.layernorm_lstm(
+            gx, t["w_hh"], t["gamma_hh"], t["gamma_c"], t["beta_c"], t["h0"], t["c0"],
+            masks["h"], masks["c"], probabilities["h"], probabilities["c"], lengths, reverse, eps)
+    return reference.layernorm_gru(gx, t["w_hh"], t["gamma_hh"], t["b_hh"], t["h0"],
+                                   masks["h"], probabilities["h"], lengths, reverse, eps)
+
+
+def outputs_and_leaf_grads(fn, t, seeds):
+    """fn's outputs (y, h_n[, c_n]) and the gradients of every leaf of t (γ, β included) for
+    the loss sum(output * seed)."""
+    outputs = fn()
+    leaves = [v for v in t.values() if v is not None]
+    loss = sum((o.double() * s).sum() for o, s in zip(outputs, seeds))
+    return [o.detach() for o in outputs] + list(torch.autograd.grad(loss, leaves))

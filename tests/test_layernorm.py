@@ -9,24 +9,17 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fused_rnn
-from fused_rnn import reference
 from fused_rnn.bench.layernorm_loop import PerStepLayerNormGRU, PerStepLayerNormLSTM
+from helpers import layernorm_op_inputs as op_inputs
+from helpers import make_lengths, run_layernorm_op
+from helpers import outputs_and_leaf_grads as outputs_and_grads
+from helpers import run_layernorm_reference as run_reference
 
 ops = torch.ops.fused_rnn
 F64 = torch.float64
-GATES = {"lstm": 4, "gru": 3}
-
-
-def make_lengths(kind, T, B):
-    if kind == "none":
-        return None
-    # a full-length, a zero-length and varied sequences
-    values = [T, 0] + [(b * 7) % (T + 1) for b in range(2, B)]
-    return torch.tensor(values[:B], dtype=torch.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -34,64 +27,10 @@ def make_lengths(kind, T, B):
 # ---------------------------------------------------------------------------------------------
 
 
-def op_inputs(cell, T, B, H, dtype, *, zoneout, bias=True):
-    """The op's tensors (leaves requiring grad, then the zoneout masks) and probabilities."""
-    G = GATES[cell]
-
-    def leaf(*shape, scale=0.5, shift=0.0):
-        return (torch.randn(*shape, dtype=F64) * scale + shift).to(dtype).requires_grad_()
-
-    # the raw projection xw, off-centre: the op's input LN removes its mean
-    t = {"xw": leaf(T, B, G * H, scale=1.0, shift=0.7), "gamma_ih": leaf(G * H, shift=1.0),
-         "bias" if cell == "lstm" else "b_ih": leaf(G * H, scale=0.2) if bias else None}
-    t.update(w_hh=leaf(G * H, H, scale=H**-0.5), gamma_hh=leaf(G * H, scale=0.3, shift=1.0))
-    if cell == "lstm":
-        t.update(gamma_c=leaf(H, scale=0.3, shift=1.0), beta_c=leaf(H, scale=0.2))
-    else:
-        t["b_hh"] = leaf(G * H) if bias else None
-    t["h0"] = leaf(B, H)
-    if cell == "lstm":
-        t["c0"] = leaf(B, H)
-    # "mask": training masks with p = 0.3 (and 0.2 for c); "expectation": eval's blend
-    masks = {"h": None, "c": None}
-    probabilities = {"h": 0.0, "c": 0.0}
-    if zoneout != "none":
-        probabilities = {"h": 0.3, "c": 0.2}
-        if zoneout == "mask":
-            masks = {k: torch.rand(T, B, H) < p for k, p in probabilities.items()}
-    return t, masks, probabilities
-
-
 def run_op(cell, t, masks, probabilities, lengths, reverse, eps=1e-5):
-    if cell == "lstm":
-        out = ops.layernorm_lstm_forward(
-            t["xw"], t["gamma_ih"], t["bias"], t["w_hh"], t["gamma_hh"], t["gamma_c"],
-            t["beta_c"], t["h0"], t["c0"], masks["h"], masks["c"], probabilities["h"],
-            probabilities["c"], lengths, reverse, eps, True)
-        return out[:3]
-    out = ops.layernorm_gru_forward(t["xw"], t["gamma_ih"], t["b_ih"], t["w_hh"], t["gamma_hh"],
-                                    t["b_hh"], t["h0"], masks["h"], probabilities["h"], lengths,
-                                    reverse, eps, True)
-    return out[:2]
-
-
-def run_reference(cell, t, masks, probabilities, lengths, reverse, eps=1e-5):
-    # the op's input LN, then the reference recurrence
-    gx = F.layer_norm(t["xw"], t["xw"].shape[-1:], t["gamma_ih"],
-                      t["bias"] if cell == "lstm" else t["b_ih"], eps)
-    if cell == "lstm":
-        return reference.layernorm_lstm(
-            gx, t["w_hh"], t["gamma_hh"], t["gamma_c"], t["beta_c"], t["h0"], t["c0"],
-            masks["h"], masks["c"], probabilities["h"], probabilities["c"], lengths, reverse, eps)
-    return reference.layernorm_gru(gx, t["w_hh"], t["gamma_hh"], t["b_hh"], t["h0"],
-                                   masks["h"], probabilities["h"], lengths, reverse, eps)
-
-
-def outputs_and_grads(fn, t, seeds):
-    outputs = fn()
-    leaves = [v for v in t.values() if v is not None]
-    loss = sum((o.double() * s).sum() for o, s in zip(outputs, seeds))
-    return list(outputs) + list(torch.autograd.grad(loss, leaves))
+    """The CPU op's outputs y, h_n (and c_n)."""
+    out = run_layernorm_op("", cell, t, masks, probabilities, lengths, reverse, eps)
+    return out[:3] if cell == "lstm" else out[:2]
 
 
 # (T, B, H): odd sizes, T = 1, B = 1, H = 1; (3, 1, 96) and (2, 3, 90) split the hidden units

@@ -9,92 +9,33 @@ makes every pass run several chunks (32 columns, products in 64-column slices).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-pytest.importorskip("triton")
+from helpers import triton_test_device
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-if not INTERPRET and not torch.cuda.is_available():
-    pytest.skip(
-        "Triton kernels need a GPU, or TRITON_INTERPRET=1 set before triton is imported",
-        allow_module_level=True,
-    )
+DEVICE = triton_test_device()
+INTERPRET = DEVICE.type == "cpu"
 
 import fused_rnn  # noqa: E402
 import fused_rnn.triton_kernels  # noqa: E402,F401  (registers the ops)
-from fused_rnn import reference, testing  # noqa: E402
+from fused_rnn import testing  # noqa: E402
 from fused_rnn.triton_kernels import _layernorm  # noqa: E402
 from helpers import assert_compile_check_types_pointers_as_launched  # noqa: E402
+from helpers import layernorm_op_inputs, make_lengths  # noqa: E402
+from helpers import outputs_and_leaf_grads as outputs_and_grads  # noqa: E402
+from helpers import run_layernorm_op as run_op  # noqa: E402
+from helpers import run_layernorm_reference as run_reference  # noqa: E402
 
-DEVICE = torch.device("cpu" if INTERPRET else "cuda")
 OPS = torch.ops.fused_rnn
 F64 = torch.float64
-GATES = {"lstm": 4, "gru": 3}
-
-
-def make_lengths(kind, T, B):
-    """None, or a full-length, a zero-length and varied sequences."""
-    if kind == "none":
-        return None
-    values = [T, 0] + [(b * 7) % (T + 1) for b in range(2, B)]
-    return torch.tensor(values[:B], dtype=torch.int64)
 
 
 def op_inputs(cell, T, B, H, dtype, *, zoneout, bias=True, seed=0):
-    """The op's differentiable tensors, its zoneout masks and probabilities (fp64 draws, cast)."""
-    gen = torch.Generator().manual_seed(seed)
-    G = GATES[cell]
-
-    def leaf(*shape, scale=0.5, shift=0.0):
-        value = torch.randn(*shape, dtype=F64, generator=gen) * scale + shift
-        return value.to(DEVICE, dtype).requires_grad_()
-
-    # the raw projection xw, off-centre: the op's input LN removes its mean
-    t = {"xw": leaf(T, B, G * H, scale=1.0, shift=0.7), "gamma_ih": leaf(G * H, shift=1.0),
-         "bias" if cell == "lstm" else "b_ih": leaf(G * H, scale=0.2) if bias else None}
-    t.update(w_hh=leaf(G * H, H, scale=H**-0.5), gamma_hh=leaf(G * H, scale=0.3, shift=1.0))
-    if cell == "lstm":
-        t.update(gamma_c=leaf(H, scale=0.3, shift=1.0), beta_c=leaf(H, scale=0.2))
-    else:
-        t["b_hh"] = leaf(G * H) if bias else None
-    t["h0"] = leaf(B, H)
-    if cell == "lstm":
-        t["c0"] = leaf(B, H)
-    masks, probabilities = {"h": None, "c": None}, {"h": 0.0, "c": 0.0}
-    if zoneout != "none":
-        probabilities = {"h": 0.3, "c": 0.2}
-        if zoneout == "mask":
-            masks = {k: (torch.rand(T, B, H, generator=gen) < p).to(DEVICE)
-                     for k, p in probabilities.items()}
-    return t, masks, probabilities
-
-
-def run_op(suffix, cell, t, masks, probabilities, lengths, reverse, eps=1e-5, save=True):
-    """All outputs of the forward op ``fused_rnn::layernorm_{cell}_forward{suffix}``."""
-    if cell == "lstm":
-        return getattr(OPS, f"layernorm_lstm_forward{suffix}")(
-            t["xw"], t["gamma_ih"], t["bias"], t["w_hh"], t["gamma_hh"], t["gamma_c"],
-            t["beta_c"], t["h0"], t["c0"], masks["h"], masks["c"], probabilities["h"],
-            probabilities["c"], lengths, reverse, eps, save)
-    return getattr(OPS, f"layernorm_gru_forward{suffix}")(
-        t["xw"], t["gamma_ih"], t["b_ih"], t["w_hh"], t["gamma_hh"], t["b_hh"], t["h0"], masks["h"],
-        probabilities["h"],
-        lengths, reverse, eps, save)
-
-
-def run_reference(cell, t, masks, probabilities, lengths, reverse, eps=1e-5):
-    # the op's input LN, then the reference recurrence
-    gx = torch.nn.functional.layer_norm(t["xw"], t["xw"].shape[-1:], t["gamma_ih"],
-                                        t["bias"] if cell == "lstm" else t["b_ih"], eps)
-    if cell == "lstm":
-        return reference.layernorm_lstm(
-            gx, t["w_hh"], t["gamma_hh"], t["gamma_c"], t["beta_c"], t["h0"], t["c0"],
-            masks["h"], masks["c"], probabilities["h"], probabilities["c"], lengths, reverse, eps)
-    return reference.layernorm_gru(gx, t["w_hh"], t["gamma_hh"], t["b_hh"], t["h0"],
-                                   masks["h"], probabilities["h"], lengths, reverse, eps)
+    """The op's differentiable tensors (fp64 draws from a generator seeded with ``seed``, on
+    DEVICE), its zoneout masks and probabilities."""
+    return layernorm_op_inputs(cell, T, B, H, dtype, zoneout=zoneout, bias=bias, device=DEVICE,
+                               generator=torch.Generator().manual_seed(seed))
 
 
 def n_states(cell):

@@ -19,14 +19,10 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip("triton")
+from helpers import triton_test_device
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-if not INTERPRET and not torch.cuda.is_available():
-    pytest.skip(
-        "Triton kernels need a GPU, or TRITON_INTERPRET=1 set before triton is imported",
-        allow_module_level=True,
-    )
+DEVICE = triton_test_device()
+INTERPRET = DEVICE.type == "cpu"
 
 import fused_rnn  # noqa: E402
 import fused_rnn.triton_kernels as triton_kernels  # noqa: E402
@@ -34,7 +30,6 @@ from fused_rnn import reference  # noqa: E402
 from fused_rnn.triton_kernels import _layout  # noqa: E402
 from helpers import assert_compile_check_types_pointers_as_launched  # noqa: E402
 
-DEVICE = torch.device("cpu" if INTERPRET else "cuda")
 OPS = torch.ops.fused_rnn
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
