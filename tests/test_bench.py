@@ -12,7 +12,9 @@ from torch import nn
 
 pytest.importorskip("rich")
 
-from fused_rnn.bench import candidates, cli, correctness, flops, memory, results_csv, timing  # noqa: E402
+from fused_rnn.bench import (  # noqa: E402
+    candidates, cli, correctness, flops, gemm_rate, memory, results_csv, timing,
+)
 from fused_rnn.bench.cases import Case, grid_shapes, make_cases  # noqa: E402
 from fused_rnn.bench.layers import torch_layer  # noqa: E402
 
@@ -79,6 +81,9 @@ def test_cli_writes_table_csv_and_plots(tmp_path, capsys):
         assert float(row["speedup"]) == pytest.approx(torch_ms / fused_ms, rel=1e-4)
         assert float(row["us_per_step"]) == pytest.approx(fused_ms * 1e3 / 4, rel=1e-4)
         assert float(row["fused_peak_mb"]) >= 0 and float(row["max_abs_err"]) < 1e-4
+        assert float(row["gemm_tflops"]) > 0
+        assert float(row["gemm_fraction"]) == pytest.approx(
+            float(row["tflops"]) / float(row["gemm_tflops"]), rel=1e-4)
         assert row["device"] == "cpu" and row["torch_version"] == torch.__version__
     assert "fused_rnn vs torch.nn" in capsys.readouterr().out
 
@@ -218,6 +223,32 @@ def test_flops_count_input_projection_and_recurrence():
                    num_layers=2, bidirectional=True)
     # layer 0 reads the input (5), layer 1 both directions of layer 0 (14); two directions each
     assert flops.flops(stacked) == 2 * (2 * 3 * 7 * (5 + 7)) + 2 * (2 * 3 * 7 * (14 + 7))
+
+
+def test_gemm_rate_doubles_the_size_until_a_product_is_long(monkeypatch):
+    """The sizes tried double from FIRST_SIZE until one product takes over LONGEST_MS (or the
+    cap); the best rate is kept. A fake product time, so that the machine's load is not in it."""
+    tried = []
+
+    def fake_rate(n, dtype, device):
+        tried.append(n)
+        ms = 0.01 * (n / 256) ** 3 * 1e3   # 10 ms at 256, 80 at 512
+        return 2 * n**3 / (ms * 1e-3) / 1e12, ms
+
+    monkeypatch.setattr(gemm_rate, "_rate_tflops", fake_rate)
+    gemm_rate._measure.cache_clear()
+    try:
+        rate = gemm_rate.gemm_tflops(torch.device("cpu"), "fp16")
+        assert tried == [256, 512]
+        assert rate == pytest.approx(2 * 256**3 / 1e-2 / 1e12)
+        assert gemm_rate.gemm_tflops(torch.device("cpu"), "fp16") == rate and tried == [256, 512]
+    finally:
+        gemm_rate._measure.cache_clear()
+
+
+def test_gemm_rate_of_a_real_product():
+    rate, ms = gemm_rate._rate_tflops(128, torch.float32, torch.device("cpu"))
+    assert ms > 0 and rate == pytest.approx(2 * 128**3 / (ms * 1e-3) / 1e12)
 
 
 def test_grids_have_the_documented_shapes():

@@ -174,6 +174,9 @@ def main(argv: Sequence[str] | None = None, *, extra_candidates: Mapping[str, Ca
     if any(cell in cases_module.LAYERNORM_CELLS for cell in args.cells):
         console.print("ln_lstm, ln_gru: the 'torch' columns are the per-step PyTorch loop "
                       "(fused_rnn/bench/layernorm_loop.py), eager", highlight=False)
+    for dtype, rate in sorted({(row["dtype"], row["gemm_tflops"]) for row in rows if row.get("gemm_tflops")}):
+        console.print(f"'of GEMM': TFLOP/s over this device's torch.mm rate in {dtype}, "
+                      f"{rate:.3g} TFLOP/s (square products, measured in this run)", highlight=False)
     console.print(f"appended {len(rows)} rows to {csv_path}", highlight=False)
     if not args.no_plot:
         _plot(csv_path, os.path.join(args.out, "plots"), console)

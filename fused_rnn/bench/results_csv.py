@@ -17,6 +17,9 @@ speedup                   torch_ms / fused_ms (above 1: fused_rnn is faster)
 us_per_step               fused_ms per time step, in microseconds
 torch_us_per_step         torch_ms per time step, in microseconds
 tflops, torch_tflops      achieved TFLOP/s (matrix-product FLOPs of the layer, see flops.py)
+gemm_tflops               the device's dense GEMM rate in this dtype, measured in the run
+                          (gemm_rate.py)
+gemm_fraction             tflops / gemm_tflops: how near the fused layer runs to that rate
 fused_peak_mb             peak memory of one call above what was held before, MiB (memory.py)
 torch_peak_mb             the same for torch.nn
 max_abs_err               max abs error of output and final states (vs torch.nn in fp32, vs
@@ -60,6 +63,8 @@ COLUMNS = (
     "torch_us_per_step",
     "tflops",
     "torch_tflops",
+    "gemm_tflops",
+    "gemm_fraction",
     "fused_peak_mb",
     "torch_peak_mb",
     "max_abs_err",
@@ -85,6 +90,8 @@ TIMING_COLUMNS = (
     "torch_us_per_step",
     "tflops",
     "torch_tflops",
+    "gemm_tflops",
+    "gemm_fraction",
     "fused_peak_mb",
     "torch_peak_mb",
 )

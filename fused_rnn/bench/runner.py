@@ -1,5 +1,6 @@
 """Runs the benchmark: for every case and candidate, the correctness gate, then (only if it
-passed) the interleaved timing and the peak memory of the fused layer and of torch.nn.
+passed) the interleaved timing and the peak memory of the fused layer and of torch.nn, and the
+fused layer's TFLOP/s as a fraction of the device's GEMM rate (gemm_rate.py).
 Produces one row (a dict of results_csv.COLUMNS) per case and candidate."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import correctness, environment, flops, memory, timing
+from . import correctness, environment, flops, gemm_rate, memory, timing
 from .candidates import Candidate
 from .cases import Case
 from .layers import make_input, torch_layer
@@ -105,8 +106,12 @@ def _time_and_memory(case: Case, fused, reference, x: torch.Tensor, settings: Se
         warmup=settings.warmup,
         min_time_ms=CPU_MIN_TIME_MS if settings.device.type == "cpu" else 0.0,
     )
+    columns = _timing_columns(case, fused_ms, torch_ms)
+    device_rate = gemm_rate.gemm_tflops(settings.device, case.dtype)
     return {
-        **_timing_columns(case, fused_ms, torch_ms),
+        **columns,
+        "gemm_tflops": device_rate,
+        "gemm_fraction": columns["tflops"] / device_rate,
         "fused_peak_mb": memory.peak_mb(fused_step, settings.device),
         "torch_peak_mb": memory.peak_mb(torch_step, settings.device),
     }

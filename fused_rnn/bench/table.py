@@ -18,6 +18,12 @@ def _significant(value) -> str:
     return f"{value:.3g}"
 
 
+def _percent(fraction) -> str:
+    if fraction is None or (isinstance(fraction, float) and math.isnan(fraction)):
+        return "-"
+    return f"{100 * fraction:.0f}%"
+
+
 def _shape(row: dict) -> str:
     text = f"B{row['batch']} T{row['seq_len']} I{row['input_size']} H{row['hidden_size']}"
     if row["num_layers"] > 1:
@@ -51,6 +57,7 @@ def build(rows: Sequence[dict], title: str):
         ("µs/step fused", "right"),
         ("µs/step torch", "right"),
         ("TFLOP/s", "right"),
+        ("of GEMM", "right"),
         ("peak MiB fused", "right"),
         ("peak MiB torch", "right"),
         ("max abs err", "right"),
@@ -72,6 +79,7 @@ def build(rows: Sequence[dict], title: str):
             _number(row.get("us_per_step"), 1),
             _number(row.get("torch_us_per_step"), 1),
             _significant(row.get("tflops")),
+            _percent(row.get("gemm_fraction")),
             _number(row.get("fused_peak_mb"), 1),
             _number(row.get("torch_peak_mb"), 1),
             "-" if err is None or math.isnan(err) else f"{err:.1e}",
