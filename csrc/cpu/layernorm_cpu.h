@@ -310,11 +310,16 @@ inline Tensor bias_or_zeros(const optional<Tensor>& bias, const Tensor& gamma_ih
 
 // The outputs in the storage dtype, but the statistics (the last), which stay in the compute
 // dtype (csrc/layernorm_checks.h, check_statistics).
+template <typename Tuple, size_t... I>
+Tuple with_statistics_in_compute(const Tuple& out, at::ScalarType storage,
+                                 std::index_sequence<I...>) {
+  return Tuple{to_storage(std::get<I>(out), storage)..., std::get<sizeof...(I)>(out)};
+}
+
 template <typename Tuple>
 Tuple with_statistics_in_compute(const Tuple& out, at::ScalarType storage) {
-  Tuple result = outputs_in_storage(out, storage);
-  std::get<std::tuple_size_v<Tuple> - 1>(result) = std::get<std::tuple_size_v<Tuple> - 1>(out);
-  return result;
+  return with_statistics_in_compute(out, storage,
+                                    std::make_index_sequence<std::tuple_size_v<Tuple> - 1>{});
 }
 
 // mean and rstd (biased variance, eps) of each of the rows [rows, width] of xw into stats (row
