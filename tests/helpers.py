@@ -124,19 +124,20 @@ def assert_compile_check_types_pointers_as_launched(monkeypatch, run, dtype):
                     f"launch passes {launched}")
 
 
+def make_lengths(kind: str, T: int, B: int):
+    """The ops' lengths: None ("none"), or ("varied") a full-length, a zero-length and varied
+    sequences."""
+    if kind == "none":
+        return None
+    values = [T, 0] + [(b * 7) % (T + 1) for b in range(2, B)]
+    return torch.tensor(values[:B], dtype=torch.int64)
+
+
 # ---------------------------------------------------------------------------------------------
 # The layer-normalised ops (tests/test_layernorm.py, tests/test_triton_layernorm.py)
 # ---------------------------------------------------------------------------------------------
 
 LAYERNORM_GATES = {"lstm": 4, "gru": 3}
-
-
-def make_lengths(kind: str, T: int, B: int):
-    """None ("none"), or ("varied") a full-length, a zero-length and varied sequences."""
-    if kind == "none":
-        return None
-    values = [T, 0] + [(b * 7) % (T + 1) for b in range(2, B)]
-    return torch.tensor(values[:B], dtype=torch.int64)
 
 
 def layernorm_op_inputs(cell, T, B, H, dtype, *, zoneout, bias=True, device="cpu",

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fused_rnn import reference
+from helpers import make_lengths
 
 ops = torch.ops.fused_rnn
 F64 = torch.float64
@@ -32,14 +33,6 @@ FP32_SHAPES = [
     (3, 40, 260, 260),
 ]
 LENGTHS = ["none", "varied"]
-
-
-def make_lengths(kind, T, B):
-    if kind == "none":
-        return None
-    # a full-length, a zero-length and varied sequences
-    values = [T, 0] + [(b * 7) % (T + 1) for b in range(2, B)]
-    return torch.tensor(values[:B], dtype=torch.int64)
 
 
 def random_inputs(cell, T, B, H, P, dtype, *, proj=False, bias=True, scale=0.5):

@@ -42,15 +42,6 @@ def n_states(cell):
     return 3 if cell == "lstm" else 2
 
 
-def outputs_and_grads(fn, t, seeds):
-    """fn's outputs (y, h_n[, c_n]) and the gradients of every leaf of t (γ, β included) for
-    the loss sum(output * seed)."""
-    outputs = fn()
-    leaves = [v for v in t.values() if v is not None]
-    loss = sum((o.double() * s).sum() for o, s in zip(outputs, seeds))
-    return [o.detach() for o in outputs] + list(torch.autograd.grad(loss, leaves))
-
-
 def as_fp64(t):
     return {k: None if v is None else v.detach().double().requires_grad_() for k, v in t.items()}
 
